@@ -1,0 +1,76 @@
+"""The searchable cell: B blocks over a DAG of mixed ops (the continuous relaxation)."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from auto_deeplab_tf import search_space
+from auto_deeplab_tf.mixed_op import MixedOp
+
+
+class SearchCell(keras.layers.Layer):
+    """A cell of the supernet: block b = sum over states s <= b+1 of MixedOp_{b,s}(state s).
+
+    States: 0 = H^{l-1}, 1 = H^{l-2}, 2 + b = block b; output = concat(blocks), B * filters
+    channels. Both inputs must already have `filters` channels and the cell's resolution
+    (the supernet's transitions take care of that).
+
+    Instead of one mixed op per edge, each state runs one fused `MixedOp` over all of its
+    outgoing edges as soon as it is ready, which gives B + 1 fused calls per cell instead of
+    one per edge and op.
+
+    The supernet shares a node's cell between its incoming transitions and stacks those
+    along the batch: `h_prev` is then [groups * N, ...] while `h_prev_prev`, identical for
+    all transitions, stays [N, ...]; its edges are computed once and tiled. Normalisation
+    statistics are kept per group, so the result equals running the cell once per
+    transition.
+    """
+
+    def __init__(self, filters: int, num_blocks: int = 5, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.num_blocks = num_blocks
+        # For state s: the blocks it feeds and the alpha rows of those edges.
+        self._targets = []
+        self._edge_rows = []
+        self.mixed_ops = []
+        for s in range(num_blocks + 1):
+            blocks = list(range(max(0, s - 1), num_blocks))
+            self._targets.append(blocks)
+            self._edge_rows.append([search_space.edge_index(b, s) for b in blocks])
+            self.mixed_ops.append(MixedOp(filters, num_edges=len(blocks), name=f"state{s}"))
+
+    def mixing_weights(self, alpha_weights) -> list:
+        """Per state, the mixing factors of its fused mixed op, from softmax(alpha).
+
+        Every cell of a supernet has the same structure and shares alpha, so one cell's
+        result serves all of them (passed back to `call` as `mixing`)."""
+        return [op.split_weights(tf.gather(alpha_weights, rows))
+                for op, rows in zip(self.mixed_ops, self._edge_rows)]
+
+    def call(self, h_prev, h_prev_prev, alpha_weights=None, groups: int = 1, mixing=None):
+        """h_prev [groups*N, H, W, filters], h_prev_prev [N, H, W, filters] -> [groups*N,
+        H, W, B*filters]. Give either softmax(alpha) or `mixing` from `mixing_weights`."""
+        if mixing is None:
+            mixing = self.mixing_weights(alpha_weights)
+        incoming = [[] for _ in range(self.num_blocks)]
+        states = [h_prev, h_prev_prev]
+        blocks = []
+        for s in range(self.num_blocks + 1):
+            x = states[s]
+            # State 1 is shared by all groups: run it once at batch N, then tile.
+            g = 1 if s == 1 else groups
+            y = self.mixed_ops[s](x, None, groups=g, split_weights=mixing[s])
+            if s == 1 and groups > 1:
+                y = tf.tile(y, [groups, 1, 1, 1, 1])
+            for b, edge_out in zip(self._targets[s], tf.unstack(y, axis=3)):
+                incoming[b].append(edge_out)
+            if s >= 1:  # block s-1 now has all its inputs
+                block = tf.add_n(incoming[s - 1])
+                blocks.append(block)
+                states.append(block)
+        return tf.concat(blocks, axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "num_blocks": self.num_blocks}

@@ -1,0 +1,312 @@
+"""The candidate operations of the Auto-DeepLab search space, as Keras layers.
+
+Every op works at any channel count and at stride 1 or 2. These are the plain,
+one-edge layers: the fixed network uses them, and they are the reference that the fused
+search implementation (`mixed_op.MixedOp`) is tested against.
+
+Two normalisations:
+* ``norm="search"``: batch statistics always, no affine parameters (the affine-free BN of
+  DARTS keeps the scale of each op's output fixed, so alpha alone sets the mix), computed
+  separately for each of ``groups`` equal slices of the batch: the supernet stacks the
+  incoming transitions of a node along the batch axis and must not mix their statistics.
+* ``norm="batch"``: a standard Keras BatchNormalization (decay 0.9997, epsilon 1e-3, as the
+  official network), for the fixed network.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from auto_deeplab_tf import search_space
+
+BN_MOMENTUM = 0.9997
+BN_EPSILON = 1e-3
+SEARCH_BN_EPSILON = 1e-5
+NORM_KINDS = ("search", "batch")
+
+
+def kernel_initializer():
+    return keras.initializers.VarianceScaling(scale=2.0, mode="fan_in",
+                                              distribution="truncated_normal")
+
+
+class GroupBatchNorm(keras.layers.Layer):
+    """Batch normalisation with batch statistics, computed per group of the batch.
+
+    With ``groups=G`` the batch is read as G consecutive equal slices, each normalised with
+    its own mean and variance. It keeps no moving averages: the supernet is only ever run
+    as a search model.
+    """
+
+    def __init__(self, affine: bool = False, epsilon: float = SEARCH_BN_EPSILON, **kwargs):
+        super().__init__(**kwargs)
+        self.affine = affine
+        self.epsilon = epsilon
+
+    def build(self, input_shape):
+        if self.affine:
+            channels = input_shape[-1]
+            self.gamma = self.add_weight(name="gamma", shape=(channels,), initializer="ones")
+            self.beta = self.add_weight(name="beta", shape=(channels,), initializer="zeros")
+
+    def call(self, x, groups: int = 1):
+        return group_batch_norm(x, groups, self.epsilon,
+                                self.gamma if self.affine else None,
+                                self.beta if self.affine else None)
+
+    def get_config(self):
+        return {**super().get_config(), "affine": self.affine, "epsilon": self.epsilon}
+
+
+def shape_list(x) -> list:
+    """Static dims where known, dynamic scalars elsewhere: keeps reshapes to one constant
+    when the graph is traced at a fixed input size."""
+    static = x.shape.as_list()
+    dynamic = tf.shape(x) if any(d is None for d in static) else None
+    return [d if d is not None else dynamic[i] for i, d in enumerate(static)]
+
+
+def _fused_batch_norm(x, epsilon: float):
+    ones = tf.constant(1.0, x.dtype, shape=[x.shape[-1]])
+    empty = tf.constant([], x.dtype)
+    y, _, _, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+        x=x, scale=ones, offset=tf.zeros_like(ones), mean=empty, variance=empty,
+        epsilon=epsilon, is_training=True)
+    return y
+
+
+def group_batch_norm(x, groups: int = 1, epsilon: float = SEARCH_BN_EPSILON,
+                     gamma=None, beta=None):
+    """Normalises NHWC `x` with the batch statistics of each of `groups` batch slices.
+
+    Uses the fused kernel (one op forward, one backward) on each slice.
+    """
+    if groups == 1:
+        y = _fused_batch_norm(x, epsilon)
+    else:
+        y = tf.concat([_fused_batch_norm(part, epsilon)
+                       for part in tf.split(x, groups, axis=0)], axis=0)
+    if gamma is not None:
+        y = y * gamma + beta
+    return y
+
+
+def make_norm(kind: str, name: str | None = None, affine: bool = False) -> keras.layers.Layer:
+    """The normalisation layer of a given kind (see module docstring)."""
+    if kind == "search":
+        return GroupBatchNorm(affine=affine, name=name)
+    if kind == "batch":
+        return keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                                               name=name)
+    raise ValueError(f"unknown norm '{kind}', expected one of {NORM_KINDS}")
+
+
+def apply_norm(layer: keras.layers.Layer, x, groups: int = 1, training=None):
+    if isinstance(layer, GroupBatchNorm):
+        return layer(x, groups=groups)
+    return layer(x, training=training)
+
+
+def downsample_size(size):
+    """Spatial size after a stride-2 'SAME' op: ceil(size / 2)."""
+    return (size + 1) // 2
+
+
+class CandidateOp(keras.layers.Layer):
+    """Base of the candidate ops: shared constructor arguments and config."""
+
+    def __init__(self, filters: int, stride: int = 1, norm: str = "batch", **kwargs):
+        super().__init__(**kwargs)
+        if stride not in (1, 2):
+            raise ValueError(f"stride must be 1 or 2, got {stride}")
+        if norm not in NORM_KINDS:
+            raise ValueError(f"unknown norm '{norm}', expected one of {NORM_KINDS}")
+        self.filters = filters
+        self.stride = stride
+        self.norm = norm
+
+    def _kernel(self, name, shape):
+        return self.add_weight(name=name, shape=shape, initializer=kernel_initializer())
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "stride": self.stride,
+                "norm": self.norm}
+
+
+class SepConv(CandidateOp):
+    """[ReLU -> depthwise KxK -> pointwise 1x1 -> BN] twice; the first may have stride 2."""
+
+    def __init__(self, filters, kernel_size: int, **kwargs):
+        super().__init__(filters, **kwargs)
+        self.kernel_size = kernel_size
+
+    def build(self, input_shape):
+        cin, f, k = int(input_shape[-1]), self.filters, self.kernel_size
+        self.dw1 = self._kernel("depthwise1", (k, k, cin, 1))
+        self.pw1 = self._kernel("pointwise1", (1, 1, cin, f))
+        self.dw2 = self._kernel("depthwise2", (k, k, f, 1))
+        self.pw2 = self._kernel("pointwise2", (1, 1, f, f))
+        self.bn1 = make_norm(self.norm, name="bn1")
+        self.bn2 = make_norm(self.norm, name="bn2")
+
+    def call(self, x, groups: int = 1, training=None):
+        y = tf.nn.relu(x)
+        s = self.stride
+        y = tf.nn.depthwise_conv2d(y, self.dw1, [1, s, s, 1], "SAME")
+        y = tf.nn.conv2d(y, self.pw1, 1, "SAME")
+        y = tf.nn.relu(apply_norm(self.bn1, y, groups, training))
+        y = tf.nn.depthwise_conv2d(y, self.dw2, [1, 1, 1, 1], "SAME")
+        y = tf.nn.conv2d(y, self.pw2, 1, "SAME")
+        return apply_norm(self.bn2, y, groups, training)
+
+    def get_config(self):
+        return {**super().get_config(), "kernel_size": self.kernel_size}
+
+
+class AtrousConv(CandidateOp):
+    """ReLU -> regular KxK convolution at a dilation rate -> BN.
+
+    Stride 2 cannot combine with dilation in one convolution, so, as the official network
+    does, the input is first resized bilinearly to half size and the rate is kept.
+    """
+
+    def __init__(self, filters, kernel_size: int, rate: int = 2, **kwargs):
+        super().__init__(filters, **kwargs)
+        self.kernel_size = kernel_size
+        self.rate = rate
+
+    def build(self, input_shape):
+        k = self.kernel_size
+        self.kernel = self._kernel("kernel", (k, k, int(input_shape[-1]), self.filters))
+        self.bn = make_norm(self.norm, name="bn")
+
+    def call(self, x, groups: int = 1, training=None):
+        y = tf.nn.relu(x)
+        if self.stride == 2:
+            y = tf.image.resize(y, downsample_size(tf.shape(y)[1:3]), method="bilinear")
+        y = tf.nn.conv2d(y, self.kernel, 1, "SAME", dilations=self.rate)
+        return apply_norm(self.bn, y, groups, training)
+
+    def get_config(self):
+        return {**super().get_config(), "kernel_size": self.kernel_size, "rate": self.rate}
+
+
+class Pool(CandidateOp):
+    """3x3 average or max pooling ('SAME'; averages exclude the padding).
+
+    A 1x1 ReLU-conv-BN follows when the channel count changes. In search mode an
+    affine-free BN follows as in DARTS, so pooled outputs live on the same scale as the
+    convolutions they are mixed with.
+    """
+
+    def __init__(self, filters, pool_type: str, pool_size: int = 3, **kwargs):
+        super().__init__(filters, **kwargs)
+        if pool_type not in ("avg", "max"):
+            raise ValueError(f"pool_type must be 'avg' or 'max', got '{pool_type}'")
+        self.pool_type = pool_type
+        self.pool_size = pool_size
+
+    def build(self, input_shape):
+        cin = int(input_shape[-1])
+        self.project = cin != self.filters
+        if self.project:
+            self.kernel = self._kernel("kernel", (1, 1, cin, self.filters))
+        self.bn = make_norm(self.norm, name="bn") if (self.project or self.norm == "search") \
+            else None
+
+    def call(self, x, groups: int = 1, training=None):
+        pool = tf.nn.avg_pool2d if self.pool_type == "avg" else tf.nn.max_pool2d
+        y = pool(x, self.pool_size, self.stride, "SAME")
+        if self.project:
+            y = tf.nn.conv2d(tf.nn.relu(y), self.kernel, 1, "SAME")
+        if self.bn is not None:
+            y = apply_norm(self.bn, y, groups, training)
+        return y
+
+    def get_config(self):
+        return {**super().get_config(), "pool_type": self.pool_type, "pool_size": self.pool_size}
+
+
+class Skip(CandidateOp):
+    """Identity; a ReLU -> 1x1 conv (stride 2 when asked) -> BN when shape must change."""
+
+    def build(self, input_shape):
+        cin = int(input_shape[-1])
+        self.project = self.stride != 1 or cin != self.filters
+        if self.project:
+            self.kernel = self._kernel("kernel", (1, 1, cin, self.filters))
+            self.bn = make_norm(self.norm, name="bn")
+
+    def call(self, x, groups: int = 1, training=None):
+        if not self.project:
+            return x
+        y = tf.nn.conv2d(tf.nn.relu(x), self.kernel, self.stride, "SAME")
+        return apply_norm(self.bn, y, groups, training)
+
+
+class Zero(CandidateOp):
+    """No connection: zeros of the output shape. Mixed ops skip it and pay nothing."""
+
+    def call(self, x, groups: int = 1, training=None):
+        shape = tf.shape(x)
+        size = shape[1:3] if self.stride == 1 else downsample_size(shape[1:3])
+        return tf.zeros(tf.concat([shape[:1], size, [self.filters]], axis=0), dtype=x.dtype)
+
+
+def make_op(op_name: str, filters: int, stride: int = 1, norm: str = "batch",
+            name: str | None = None) -> CandidateOp:
+    """Builds the candidate op called `op_name` (one of `search_space.OPS`)."""
+    kw = dict(stride=stride, norm=norm, name=name or op_name)
+    if op_name == "sep_conv_3x3":
+        return SepConv(filters, 3, **kw)
+    if op_name == "sep_conv_5x5":
+        return SepConv(filters, 5, **kw)
+    if op_name == "atrous_conv_3x3":
+        return AtrousConv(filters, 3, rate=2, **kw)
+    if op_name == "atrous_conv_5x5":
+        return AtrousConv(filters, 5, rate=2, **kw)
+    if op_name == "avg_pool_3x3":
+        return Pool(filters, "avg", **kw)
+    if op_name == "max_pool_3x3":
+        return Pool(filters, "max", **kw)
+    if op_name == search_space.SKIP:
+        return Skip(filters, **kw)
+    if op_name == search_space.ZERO:
+        return Zero(filters, **kw)
+    raise ValueError(f"unknown op '{op_name}'; known ops: {', '.join(search_space.OPS)}")
+
+
+class ReLUConvBN(keras.layers.Layer):
+    """[bilinear resize ->] ReLU -> KxK conv -> BN: the projections around the cells.
+
+    `call(x, size=...)` first resizes x to `size` (used to bring a cell input to another
+    level's resolution); stride 2 halves the resolution instead.
+    """
+
+    def __init__(self, filters: int, kernel_size: int = 1, stride: int = 1,
+                 norm: str = "batch", affine: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.norm = norm
+        self.affine = affine
+
+    def build(self, input_shape):
+        k = self.kernel_size
+        self.kernel = self.add_weight(name="kernel", shape=(k, k, int(input_shape[-1]),
+                                                            self.filters),
+                                      initializer=kernel_initializer())
+        self.bn = make_norm(self.norm, name="bn", affine=self.affine)
+
+    def call(self, x, size=None, groups: int = 1, training=None):
+        if size is not None:
+            x = tf.image.resize(x, size, method="bilinear")
+        y = tf.nn.conv2d(tf.nn.relu(x), self.kernel, self.stride, "SAME")
+        return apply_norm(self.bn, y, groups, training)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters,
+                "kernel_size": self.kernel_size, "stride": self.stride, "norm": self.norm,
+                "affine": self.affine}

@@ -1,0 +1,202 @@
+"""The trellis supernet: every cell at every legal (layer, level), weighted by alpha and beta.
+
+Node relaxation (paper, eq. 6): for a node at level i of layer l,
+
+    H^l_i = sum_{j in {i-1, i, i+1}} beta_{l-1, j -> i} * Cell(T_{j->i}(H^{l-1}_j), H^{l-2}_i; alpha)
+
+with beta normalised over the outgoing transitions of each node (see `search_space`).
+
+Choices the paper leaves open, as taken here (also in the README):
+* A node's cell weights are shared by its incoming transitions; each transition has its own
+  resampling + projection to the node's F * 2**i channels (T_{j->i} above):
+  finer -> coarser: ReLU -> 3x3 conv stride 2 -> BN; same level: ReLU -> 1x1 conv -> BN;
+  coarser -> finer: bilinear upsampling -> ReLU -> 1x1 conv -> BN.
+* H^{l-2}_i is the node two layers back at the same level. Where that node does not exist
+  (the first layers, whose level sets are smaller), the coarsest node of layer l-2 is
+  resized bilinearly to level i instead, as the official network does with cell inputs of
+  another size; for layer 1 that is the OS-2 stem tensor. It then goes through
+  ReLU -> 1x1 conv -> BN, shared by the node's transitions.
+* All BNs use batch statistics (the supernet is only trained, never deployed); those inside
+  cells and transitions are affine-free as in DARTS.
+
+The Python loops over layers and nodes run once, when the call is traced; the node's
+incoming transitions run through its shared cell as one batched call.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from auto_deeplab_tf import ops
+from auto_deeplab_tf import search_space
+from auto_deeplab_tf.cell import SearchCell
+from auto_deeplab_tf.search_head import SearchASPP
+from auto_deeplab_tf.stem import Stem
+
+ALPHA_NAME = "alpha"
+BETA_NAME = "beta"
+ARCH_INIT_STDDEV = 1e-3
+_MASKED_LOGIT = -1e9
+
+
+class AutoDeepLabSupernet(keras.Model):
+    """The Auto-DeepLab search model. Input: images [N, H, W, 3]; output: logits [N, H, W, C].
+
+    alpha ([num_edges, 8], shared by every cell) and beta ([L, num_levels, 3]) are weights of
+    the model, exposed as `arch_variables`; all other trainable weights are
+    `weight_variables`, so that two optimizers can own them separately.
+    """
+
+    def __init__(self, num_classes: int, filter_multiplier: int = 8, num_blocks: int = 5,
+                 num_layers: int = 12, num_levels: int = 4,
+                 stem_filters: Sequence[int] = (64, 64, 128), head_filters: int = 64,
+                 head_base_rate: int = 96, **kwargs):
+        super().__init__(**kwargs)
+        for flag, value, low in (("num_classes", num_classes, 1),
+                                 ("filter_multiplier", filter_multiplier, 1),
+                                 ("num_blocks", num_blocks, 1), ("num_layers", num_layers, 1),
+                                 ("num_levels", num_levels, 1), ("head_filters", head_filters, 1)):
+            if int(value) < low:
+                raise ValueError(f"{flag} must be >= {low}, got {value}")
+        self.num_classes = int(num_classes)
+        self.filter_multiplier = int(filter_multiplier)
+        self.num_blocks = int(num_blocks)
+        self.num_layers = int(num_layers)
+        self.num_levels = int(num_levels)
+        self.stem_filters = tuple(int(f) for f in stem_filters)
+        self.head_filters = int(head_filters)
+        self.head_base_rate = int(head_base_rate)
+
+        self.stem = Stem(self.stem_filters, norm="search", name="stem")
+        self.cells, self.transitions, self.prev_prev = [], [], []
+        plan = []
+        for layer, level in search_space.trellis_nodes(self.num_layers, self.num_levels):
+            filters = search_space.cell_filters(self.filter_multiplier, level)
+            sources = []
+            for source in search_space.incoming_levels(layer, level, self.num_levels):
+                if source < level:
+                    t = ops.ReLUConvBN(filters, 3, stride=2, norm="search",
+                                       name=f"l{layer}_down_{source}to{level}")
+                else:
+                    kind = "same" if source == level else "up"
+                    t = ops.ReLUConvBN(filters, 1, norm="search",
+                                       name=f"l{layer}_{kind}_{source}to{level}")
+                sources.append((source, len(self.transitions),
+                                search_space.direction(source, level)))
+                self.transitions.append(t)
+            pp_layer = layer - 2
+            if pp_layer < 0:
+                pp_level = None  # the OS-2 stem tensor
+            else:
+                pp_level = min(level, max(search_space.levels_at_layer(pp_layer,
+                                                                        self.num_levels)))
+            self.prev_prev.append(ops.ReLUConvBN(filters, 1, norm="search",
+                                                 name=f"l{layer}_level{level}_prev_prev"))
+            self.cells.append(SearchCell(filters, self.num_blocks,
+                                         name=f"cell_l{layer}_level{level}"))
+            plan.append((layer, level, tuple(sources), pp_layer, pp_level))
+        self._plan = tuple(plan)
+        self.heads = []
+        for level in search_space.levels_at_layer(self.num_layers, self.num_levels):
+            rate = max(1, self.head_base_rate // (4 * 2**level))
+            self.heads.append(SearchASPP(self.num_classes, self.head_filters, rate,
+                                         name=f"aspp_level{level}"))
+
+        init = keras.initializers.RandomNormal(stddev=ARCH_INIT_STDDEV)
+        self.alpha = self.add_weight(name=ALPHA_NAME, initializer=init,
+                                     shape=(search_space.num_edges(self.num_blocks),
+                                            search_space.NUM_OPS))
+        self.beta = self.add_weight(name=BETA_NAME, initializer=init,
+                                    shape=(self.num_layers, self.num_levels,
+                                           search_space.NUM_DIRECTIONS))
+        self._beta_mask = search_space.beta_mask(self.num_layers, self.num_levels)
+
+    # -- architecture parameters ---------------------------------------------------------
+    @property
+    def arch_variables(self) -> list:
+        return [self.alpha, self.beta]
+
+    @property
+    def weight_variables(self) -> list:
+        arch = {id(v) for v in self.arch_variables}
+        return [v for v in self.trainable_variables if id(v) not in arch]
+
+    def alpha_weights(self):
+        """softmax(alpha) over the ops of each edge."""
+        return tf.nn.softmax(self.alpha, axis=-1)
+
+    def beta_weights(self):
+        """beta normalised over each node's outgoing transitions; 0 where masked."""
+        mask = tf.constant(self._beta_mask)
+        probs = tf.nn.softmax(tf.where(mask, self.beta, _MASKED_LOGIT), axis=-1)
+        return tf.where(mask, probs, tf.zeros_like(probs))
+
+    @property
+    def nodes(self) -> list[tuple[int, int]]:
+        """(layer, level) of every cell of the trellis, in evaluation order."""
+        return [(layer, level) for layer, level, *_ in self._plan]
+
+    def incoming(self, layer: int, level: int) -> list[int]:
+        """Levels of layer-1 whose transitions feed node (layer, level)."""
+        for l, i, sources, *_ in self._plan:
+            if (l, i) == (layer, level):
+                return [source for source, _, _ in sources]
+        raise ValueError(f"node (layer {layer}, level {level}) is not in the trellis")
+
+    @property
+    def beta_mask(self) -> np.ndarray:
+        return self._beta_mask.copy()
+
+    # -- forward -------------------------------------------------------------------------
+    def call(self, images, training=None):
+        beta_w = self.beta_weights()
+        mixing = self.cells[0].mixing_weights(self.alpha_weights())
+        os2, os4 = self.stem(images)
+        sizes = [tf.shape(os4)[1:3]]
+        for _ in range(self.num_levels - 1):
+            sizes.append(ops.downsample_size(sizes[-1]))
+        # outputs[layer][level]; layer 0 is the stem.
+        outputs = {0: {0: os4}}
+        for k, (layer, level, sources, pp_layer, pp_level) in enumerate(self._plan):
+            size = sizes[level]
+            prev = outputs[layer - 1]
+            xs = []
+            for source, t, _ in sources:
+                resize = size if source > level else None
+                xs.append(self.transitions[t](prev[source], size=resize))
+            x = xs[0] if len(xs) == 1 else tf.concat(xs, axis=0)
+            if pp_level is None:
+                pp, pp_size = os2, size
+            else:
+                pp = outputs[pp_layer][pp_level]
+                pp_size = size if pp_level != level else None
+            h_pp = self.prev_prev[k](pp, size=pp_size)
+            y = self.cells[k](x, h_pp, groups=len(xs), mixing=mixing)
+            w = tf.stack([beta_w[layer - 1, source, d] for source, _, d in sources])
+            if len(xs) == 1:
+                node = w[0] * y
+            else:
+                node = tf.add_n([w[t] * part for t, part in enumerate(tf.split(y, len(xs)))])
+            outputs.setdefault(layer, {})[level] = node
+        last = outputs[self.num_layers]
+        image_size = tf.shape(images)[1:3]
+        logits = [head(last[level], image_size) for level, head in enumerate(self.heads)]
+        return tf.add_n(logits)
+
+    def build(self, input_shape):
+        """Creates every weight by tracing one small forward pass."""
+        channels = int(input_shape[-1]) if input_shape[-1] is not None else 3
+        # call(), not __call__: the latter would come back here while the model is unbuilt.
+        self.call(tf.zeros((1, 32, 32, channels)))
+        self.built = True
+
+    def get_config(self):
+        return {"num_classes": self.num_classes, "filter_multiplier": self.filter_multiplier,
+                "num_blocks": self.num_blocks, "num_layers": self.num_layers,
+                "num_levels": self.num_levels, "stem_filters": list(self.stem_filters),
+                "head_filters": self.head_filters, "head_base_rate": self.head_base_rate,
+                "name": self.name}

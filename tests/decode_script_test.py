@@ -1,0 +1,36 @@
+import json
+import subprocess
+import sys
+
+import tensorflow as tf
+
+from auto_deeplab_tf import checkpointing
+from auto_deeplab_tf import decoding
+from auto_deeplab_tf.supernet import AutoDeepLabSupernet
+
+
+def test_decode_reads_a_search_checkpoint_and_writes_json(tmp_path):
+    m = AutoDeepLabSupernet(3, filter_multiplier=2, num_blocks=3, num_layers=4)
+    m.build((None, None, None, 3))
+    m.alpha.assign(tf.random.normal(m.alpha.shape, seed=4))
+    m.beta.assign(tf.random.normal(m.beta.shape, seed=5))
+    ckpt = tf.train.Checkpoint(model=checkpointing.VariableBundle(m.variables))
+    ckpt.save(str(tmp_path / "ckpt" / "ckpt"))
+    out = tmp_path / "arch.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "train.decode", f"--checkpoint={tmp_path / 'ckpt'}",
+         f"--output={out}"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    expected, meta = decoding.decode_architecture(m.alpha.numpy(), m.beta.numpy())
+    written = json.loads(out.read_text())
+    assert written["cell"] == [[list(p) for p in block] for block in expected.cell]
+    assert written["path"] == list(expected.path)
+    assert abs(written["metadata"]["path_probability"] - meta["path_probability"]) < 1e-9
+
+
+def test_decode_fails_clearly_on_a_missing_checkpoint(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "train.decode", f"--checkpoint={tmp_path}"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert f"error: --checkpoint={tmp_path}: {tmp_path}: no checkpoint found" in result.stderr

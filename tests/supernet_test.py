@@ -1,0 +1,119 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from auto_deeplab_tf import search_space as ss
+from auto_deeplab_tf.supernet import AutoDeepLabSupernet
+
+TINY = dict(num_classes=3, filter_multiplier=2, num_blocks=3, num_layers=3, head_filters=4,
+            stem_filters=(4, 4, 8))
+
+
+@pytest.fixture(scope="module")
+def model():
+    m = AutoDeepLabSupernet(**TINY)
+    m.build((None, None, None, 3))
+    return m
+
+
+@pytest.mark.parametrize("num_layers,num_levels", [(3, 4), (5, 4), (4, 3)])
+def test_every_legal_node_exists_and_no_other(num_layers, num_levels):
+    m = AutoDeepLabSupernet(3, filter_multiplier=2, num_blocks=2, num_layers=num_layers,
+                            num_levels=num_levels)
+    assert m.nodes == ss.trellis_nodes(num_layers, num_levels)
+    assert len(m.cells) == len(m.nodes) == len(m.prev_prev)
+    for layer, level in m.nodes:
+        assert level <= min(layer, num_levels - 1)
+        assert m.incoming(layer, level) == [
+            j for j in (level - 1, level, level + 1)
+            if 0 <= j <= min(layer - 1, num_levels - 1)]
+    assert len(m.transitions) == sum(len(m.incoming(*n)) for n in m.nodes)
+    assert len(m.heads) == min(num_layers, num_levels - 1) + 1
+    with pytest.raises(ValueError, match="is not in the trellis"):
+        m.incoming(1, 2)
+
+
+def test_arch_variables_have_the_paper_shapes_and_init(model):
+    alpha, beta = model.arch_variables
+    assert tuple(alpha.shape) == (ss.num_edges(3), ss.NUM_OPS)
+    assert tuple(beta.shape) == (3, 4, 3)
+    assert 0 < float(tf.math.reduce_std(alpha)) < 1e-2  # 1e-3 * N(0, 1)
+    weight_ids = {id(v) for v in model.weight_variables}
+    assert not weight_ids & {id(alpha), id(beta)}
+    assert len(model.weight_variables) + 2 == len(model.trainable_variables)
+
+
+def test_beta_weights_are_normalised_over_outgoing_transitions(model):
+    probs = model.beta_weights().numpy()
+    mask = model.beta_mask
+    np.testing.assert_allclose(probs.sum(-1)[mask.any(-1)], 1.0, rtol=1e-6)
+    assert np.all(probs[~mask] == 0)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (65, 65), (33, 47)])
+def test_output_is_input_size_by_classes(model, size):
+    y = model(tf.random.normal((2, *size, 3)))
+    assert tuple(y.shape) == (2, *size, 3)
+
+
+def test_gradients_reach_every_weight_alpha_and_beta(model):
+    x = tf.random.normal((2, 32, 32, 3), seed=1)
+    labels = tf.random.uniform((2, 32, 32), 0, 3, tf.int32, seed=2)
+    with tf.GradientTape() as tape:
+        logits = model(x)
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+    variables = model.trainable_variables
+    grads = tape.gradient(loss, variables)
+    for v, g in zip(variables, grads):
+        assert g is not None, v.path
+        g = g.numpy()
+        if v is model.beta:
+            mask = model.beta_mask
+            assert np.all(g[mask] != 0), "a legal beta entry got no gradient"
+            assert np.all(g[~mask] == 0), "a masked beta entry got a gradient"
+        else:
+            assert np.any(g != 0), v.path
+
+
+def test_traced_once_per_input_shape(model):
+    calls = []
+    original = model.cells[0].call
+
+    def counting_call(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    model.cells[0].call = counting_call
+    try:
+        fn = tf.function(lambda x: model(x))
+        for _ in range(3):
+            fn(tf.zeros((1, 32, 32, 3)))
+        assert fn.experimental_get_tracing_count() == 1
+        assert len(calls) == 1  # the Python loops ran at trace time only
+        fn(tf.zeros((1, 40, 40, 3)))
+        fn(tf.zeros((1, 40, 40, 3)))
+        assert fn.experimental_get_tracing_count() == 2
+        assert len(calls) == 2
+    finally:
+        del model.cells[0].call
+
+
+def test_every_dimension_is_a_parameter():
+    m = AutoDeepLabSupernet(num_classes=5, filter_multiplier=3, num_blocks=2, num_layers=2,
+                            num_levels=2, head_filters=4, stem_filters=(4, 4, 6))
+    y = m(tf.zeros((1, 32, 32, 3)))
+    assert tuple(y.shape) == (1, 32, 32, 5)
+    assert tuple(m.alpha.shape) == (ss.num_edges(2), ss.NUM_OPS)
+    assert tuple(m.beta.shape) == (2, 2, 3)
+    assert m.cells[-1].filters == 3 * 2  # level 1 at F = 3
+    config = m.get_config()
+    clone = AutoDeepLabSupernet.from_config(config)
+    assert clone.get_config() == config
+
+
+@pytest.mark.parametrize("flag,value", [("num_classes", 0), ("num_layers", 0),
+                                        ("filter_multiplier", -1)])
+def test_bad_dimensions_fail_with_the_argument_name(flag, value):
+    kwargs = dict(TINY, **{flag: value})
+    with pytest.raises(ValueError, match=f"{flag} must be >= 1, got {value}"):
+        AutoDeepLabSupernet(**kwargs)

@@ -1,0 +1,46 @@
+"""Decodes a search checkpoint into an architecture JSON.
+
+  python -m train.decode --checkpoint=MODEL_DIR [--output=arch.json]
+
+--checkpoint takes a checkpoint prefix or a directory (its latest checkpoint is used). The
+cell is decoded from alpha (top-2 inputs per block, strongest non-zero op each) and the
+network path from beta (Viterbi); see auto_deeplab_tf/decoding.py.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app
+from absl import flags
+
+from auto_deeplab_tf import checkpointing
+from auto_deeplab_tf import decoding
+
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "Search checkpoint prefix, or a directory holding search "
+    "checkpoints (the latest is used).")
+_OUTPUT = flags.DEFINE_string(
+    "output", None, "Where to write the architecture JSON. Default: print it only.")
+
+
+def main(argv):
+    del argv
+    if not _CHECKPOINT.value:
+        raise app.UsageError("--checkpoint is required (a search checkpoint or its directory)")
+    try:
+        alpha, beta = checkpointing.arch_values_from_checkpoint(_CHECKPOINT.value)
+        arch, metadata = decoding.decode_architecture(alpha, beta)
+    except ValueError as e:
+        print(f"error: --checkpoint={_CHECKPOINT.value}: {e}", file=sys.stderr)
+        return 1
+    metadata["checkpoint"] = _CHECKPOINT.value
+    print(arch.to_json(metadata))
+    if _OUTPUT.value:
+        arch.save(_OUTPUT.value, metadata)
+        print(f"wrote {_OUTPUT.value}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
