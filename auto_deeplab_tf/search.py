@@ -1,0 +1,361 @@
+"""The architecture search loop: bilevel training, checkpoints, decoding, TensorBoard.
+
+`run_search(SearchConfig(...))` is what `python -m train.search` runs. It
+
+* builds the `SearchModel` and both optimizers inside the strategy scope;
+* resumes from MODEL_DIR/checkpoints when one exists (weights, alpha, beta, both optimizer
+  states, epoch and step within the epoch; the data order is a function of (seed, epoch),
+  so the resumed epoch is rebuilt and its finished batches skipped);
+* checkpoints every `checkpoint_every_steps` steps and at every epoch end;
+* stops on a NaN/Inf loss before saving anything from that step;
+* decodes alpha/beta after every epoch, writes MODEL_DIR/architecture.json and
+  MODEL_DIR/architectures/epoch_NNN.json, and says when the architecture changed;
+* logs scalars, softmax(alpha), the beta trellis and the genotype to TensorBoard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from auto_deeplab_tf import checkpointing
+from auto_deeplab_tf import common
+from auto_deeplab_tf import decoding
+from auto_deeplab_tf import distribute
+from auto_deeplab_tf import metrics as metrics_lib
+from auto_deeplab_tf import search_space
+from auto_deeplab_tf import visualize
+from auto_deeplab_tf.architecture import Architecture
+from auto_deeplab_tf.search_model import SearchModel
+
+CONFIG_FILENAME = "search_config.json"
+CHECKPOINT_SUBDIR = "checkpoints"
+EPOCH_ARCH_SUBDIR = "architectures"
+
+# Settings that must not change when a run resumes: they define the model or the data.
+_RESUME_KEYS = ("dataset", "filter_multiplier", "num_layers", "num_blocks", "num_levels",
+                "batch_size", "crop_size", "scale", "seed", "epochs", "steps_per_epoch")
+
+
+class SearchDiverged(RuntimeError):
+    """A loss became NaN or Inf."""
+
+
+@dataclasses.dataclass
+class SearchConfig:
+    """Settings of one search run; defaults are the paper's (SPEC section 2)."""
+
+    model_dir: str
+    dataset: str = "cityscapes"
+    data_dir: str | None = None
+    epochs: int = 40
+    arch_start_epoch: int = 20
+    batch_size: int = 2
+    crop_size: int = 321
+    scale: float = 0.5
+    filter_multiplier: int = 8
+    num_layers: int = 12
+    num_blocks: int = 5
+    num_levels: int = 4
+    weight_lr: float = 0.025
+    weight_lr_min: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    arch_lr: float = 3e-3
+    arch_weight_decay: float = 1e-3
+    seed: int = 0
+    strategy: str = "default"
+    steps_per_epoch: int | None = None  # cap on batches per epoch (None: the whole half)
+    checkpoint_every_steps: int = 100
+    log_every_steps: int = 10
+    max_steps: int | None = None  # stop (after checkpointing) once this many steps are done
+    deterministic: bool = False
+    jit_compile: bool = False
+
+    def validate(self) -> None:
+        positive = ("epochs", "batch_size", "crop_size", "filter_multiplier", "num_layers",
+                    "num_blocks", "num_levels", "checkpoint_every_steps", "log_every_steps")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.arch_start_epoch:
+            raise ValueError(f"--arch_start_epoch must be >= 0, got {self.arch_start_epoch}")
+        if not 0 < self.scale <= 4:
+            raise ValueError(f"--scale must be in (0, 4], got {self.scale}")
+        for name in ("steps_per_epoch", "max_steps"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"--{name} must be >= 1, got {v}")
+        if self.strategy not in distribute.STRATEGIES:
+            raise ValueError(f"--strategy={self.strategy}: unknown strategy, expected one of "
+                             f"{', '.join(distribute.STRATEGIES)}")
+
+
+@dataclasses.dataclass
+class SearchResult:
+    architecture: Architecture
+    metadata: dict
+    completed: bool  # False when stopped early by max_steps
+    global_step: int
+
+
+def _format_eta(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _check_resume_config(config: SearchConfig, model_dir: str) -> None:
+    path = os.path.join(model_dir, CONFIG_FILENAME)
+    current = dataclasses.asdict(config)
+    if tf.io.gfile.exists(path):
+        with tf.io.gfile.GFile(path) as f:
+            saved = json.load(f)
+        for key in _RESUME_KEYS:
+            if key in saved and saved[key] != current[key]:
+                raise ValueError(
+                    f"{path}: this run has --{key}={current[key]} but {model_dir} holds a "
+                    f"search with --{key}={saved[key]}; resume with the same settings or use "
+                    "another --model_dir")
+    tmp = f"{path}.tmp"
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        json.dump(current, f, indent=2)
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def build_search_model(config: SearchConfig, num_classes: int, total_steps: int,
+                       ignore_label: int = 255) -> SearchModel:
+    """The search model with both optimizers built; call inside the strategy scope."""
+    model = SearchModel(num_classes=num_classes, filter_multiplier=config.filter_multiplier,
+                        num_blocks=config.num_blocks, num_layers=config.num_layers,
+                        num_levels=config.num_levels, ignore_label=ignore_label,
+                        name="supernet")
+    model.build((None, None, None, 3))
+    schedule = keras.optimizers.schedules.CosineDecay(
+        config.weight_lr, decay_steps=max(1, total_steps),
+        alpha=config.weight_lr_min / config.weight_lr)
+    weight_optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum,
+                                            name="weight_sgd")
+    arch_optimizer = keras.optimizers.Adam(config.arch_lr, name="arch_adam")
+    model.configure_search(weight_optimizer, arch_optimizer,
+                           weight_decay=config.weight_decay,
+                           arch_weight_decay=config.arch_weight_decay)
+    return model
+
+
+def make_step_function(model: SearchModel, strategy: tf.distribute.Strategy,
+                       update_arch: bool, jit_compile: bool = False) -> Callable:
+    """A traced function running one bilevel step on a distributed batch; returns the mean
+    (loss A, loss B) over replicas (loss B is 0 when alpha/beta are not updated)."""
+
+    def replica_step(batch):
+        model.train_step(batch, update_arch=update_arch)
+
+    @tf.function(jit_compile=jit_compile)
+    def step(batch):
+        strategy.run(replica_step, args=(batch,))
+        # Running means over the epoch: a NaN in any step shows up here at once.
+        return model.loss_a.result(), model.loss_b.result()
+
+    return step
+
+
+class _Writer:
+    """TensorBoard summaries of a search run."""
+
+    def __init__(self, model_dir: str):
+        self.writer = tf.summary.create_file_writer(model_dir)
+
+    def scalars(self, step: int, values: dict) -> None:
+        with self.writer.as_default(step=step):
+            for name, value in values.items():
+                tf.summary.scalar(name, float(value))
+
+    def architecture(self, step: int, alpha_w: np.ndarray, beta_w: np.ndarray,
+                     arch: Architecture) -> None:
+        with self.writer.as_default(step=step):
+            tf.summary.image("architecture/softmax_alpha",
+                             visualize.alpha_heatmap(alpha_w)[None])
+            tf.summary.image("architecture/beta_trellis",
+                             visualize.trellis_image(beta_w, arch.path)[None])
+            tf.summary.text("architecture/genotype", "```\n" + arch.to_json() + "\n```")
+        self.writer.flush()
+
+
+def run_search(config: SearchConfig,
+               dataset_fn: Callable[[int], tf.data.Dataset] | None = None,
+               num_classes: int | None = None,
+               log: Callable[[str], None] = print) -> SearchResult:
+    """Runs (or resumes) a search; returns the decoded architecture.
+
+    `dataset_fn(epoch)` and `num_classes` replace the registered dataset (used by tests);
+    by default both come from `config.dataset`.
+    """
+    config.validate()
+    model_dir = config.model_dir
+    tf.io.gfile.makedirs(model_dir)
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    strategy = distribute.make_strategy(config.strategy)
+
+    ignore_label = 255
+    if dataset_fn is None:
+        from datasets import input_pipeline, registry  # the data layer is optional for tests
+
+        descriptor = registry.get(config.dataset)
+        data_dir = input_pipeline.resolve_data_dir(config.dataset, config.data_dir)
+        num_classes = descriptor.num_classes
+        ignore_label = descriptor.ignore_label
+        available = input_pipeline.search_steps_per_epoch(
+            descriptor, data_dir, model_dir, config.batch_size, config.seed)
+        if available < 1:
+            raise ValueError(f"--batch_size={config.batch_size} is larger than each half of "
+                             f"the {config.dataset} train split")
+
+        def dataset_fn(epoch):
+            return input_pipeline.search_datasets(
+                descriptor, data_dir, model_dir, batch_size=config.batch_size,
+                crop_size=config.crop_size, scale=config.scale, seed=config.seed,
+                epoch=epoch)
+    else:
+        available = config.steps_per_epoch
+        if available is None or num_classes is None:
+            raise ValueError("a custom dataset_fn needs steps_per_epoch and num_classes")
+    steps_per_epoch = min(available, config.steps_per_epoch or available)
+    total_steps = config.epochs * steps_per_epoch
+    _check_resume_config(config, model_dir)
+
+    with strategy.scope():
+        model = build_search_model(config, num_classes, total_steps, ignore_label)
+        epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
+    checkpoint = tf.train.Checkpoint(
+        model=checkpointing.VariableBundle(model.variables),
+        weight_optimizer=checkpointing.VariableBundle(model.weight_optimizer.variables),
+        arch_optimizer=checkpointing.VariableBundle(model.arch_optimizer.variables),
+        epoch=epoch_var, step_in_epoch=step_var)
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, CHECKPOINT_SUBDIR),
+                                         max_to_keep=3)
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        log(f"resumed from {manager.latest_checkpoint} at epoch {int(epoch_var) + 1}, step "
+            f"{int(step_var)} of {steps_per_epoch}")
+    writer = _Writer(model_dir)
+    step_fns = {}
+    previous_arch = None
+    arch_path = os.path.join(model_dir, common.ARCHITECTURE_FILENAME)
+    if tf.io.gfile.exists(arch_path):
+        previous_arch = Architecture.load(arch_path)
+
+    def global_step() -> int:
+        return int(epoch_var) * steps_per_epoch + int(step_var)
+
+    def save() -> str:
+        return manager.save(checkpoint_number=global_step())
+
+    def finish_epoch(epoch: int) -> None:
+        nonlocal previous_arch
+        alpha = model.alpha.numpy()
+        beta = model.beta.numpy()
+        arch, meta = decoding.decode_architecture(alpha, beta)
+        meta.update(epoch=epoch + 1, global_step=global_step())
+        arch.save(arch_path, meta)
+        arch.save(os.path.join(model_dir, EPOCH_ARCH_SUBDIR, f"epoch_{epoch + 1:03d}.json"),
+                  meta)
+        if previous_arch is None or arch != previous_arch:
+            what = "first decoded" if previous_arch is None else "changed"
+            log(f"epoch {epoch + 1}: architecture {what}: path {list(arch.path)}, cell "
+                f"{[list(map(list, b)) for b in arch.cell]} (path probability "
+                f"{meta['path_probability']:.3g})")
+        previous_arch = arch
+        values = {"epoch/loss_a": model.loss_a.result(), "epoch/loss_b": model.loss_b.result(),
+                  "epoch/miou_a": metrics_lib.mean_iou(model.confusion_a.matrix),
+                  "epoch/pixel_accuracy_a": metrics_lib.pixel_accuracy(model.confusion_a.matrix),
+                  "epoch/path_probability": meta["path_probability"]}
+        if epoch >= config.arch_start_epoch:
+            values["epoch/miou_b"] = metrics_lib.mean_iou(model.confusion_b.matrix)
+            values["epoch/pixel_accuracy_b"] = metrics_lib.pixel_accuracy(
+                model.confusion_b.matrix)
+        writer.scalars(global_step(), values)
+        writer.architecture(global_step(), search_space.softmax(alpha),
+                            search_space.normalize_beta(beta), arch)
+        log(f"epoch {epoch + 1}/{config.epochs} done: loss A {float(values['epoch/loss_a']):.4f}"
+            f", mIoU A {float(values['epoch/miou_a']):.3f}"
+            + (f", loss B {float(values['epoch/loss_b']):.4f}, mIoU B "
+               f"{float(values['epoch/miou_b']):.3f}" if 'epoch/miou_b' in values else ""))
+
+    stopped = False
+    start = time.perf_counter()
+    steps_run = 0
+    while int(epoch_var) < config.epochs and not stopped:
+        epoch = int(epoch_var)
+        update_arch = epoch >= config.arch_start_epoch
+        if update_arch not in step_fns:
+            step_fns[update_arch] = make_step_function(model, strategy, update_arch,
+                                                       config.jit_compile)
+        step_fn = step_fns[update_arch]
+        for m in model.search_metrics:
+            m.reset_state()
+        done_in_epoch = int(step_var)
+        data = dataset_fn(epoch).take(steps_per_epoch).skip(done_in_epoch)
+        tick, tick_steps = time.perf_counter(), 0
+        for batch in strategy.experimental_distribute_dataset(data):
+            if steps_run == 0:
+                log(f"tracing the {'bilevel' if update_arch else 'weight-only'} step "
+                    "(the first step builds the graph and takes longer)...")
+            loss_a, loss_b = step_fn(batch)
+            loss_a, loss_b = float(loss_a), float(loss_b)
+            if not (np.isfinite(loss_a) and np.isfinite(loss_b)):
+                last = manager.latest_checkpoint or "none (nothing was saved yet)"
+                raise SearchDiverged(
+                    f"loss became NaN or Inf at epoch {epoch + 1}, step "
+                    f"{int(step_var) + 1} (loss A {loss_a}, loss B {loss_b}); stopping. "
+                    f"Nothing from this step was saved; the last good checkpoint is {last}. "
+                    "Try a lower --weight_lr or --arch_lr.")
+            step_var.assign_add(1)
+            steps_run += 1
+            tick_steps += 1
+            gs = global_step()
+            if tick_steps == config.log_every_steps or int(step_var) == steps_per_epoch:
+                now = time.perf_counter()
+                rate = tick_steps / max(now - tick, 1e-9)
+                eta = (total_steps - gs) / rate
+                lr = float(model.weight_optimizer.learning_rate)
+                log(f"epoch {epoch + 1}/{config.epochs} step {int(step_var)}/{steps_per_epoch}"
+                    f" | loss A {loss_a:.4f}" + (f" B {loss_b:.4f}" if update_arch else "")
+                    + f" | lr {lr:.5f} | {rate:.2f} steps/s | ETA {_format_eta(eta)}")
+                writer.scalars(gs, {"train/loss_a": loss_a, "train/loss_b": loss_b,
+                                    "train/weight_lr": lr, "train/arch_lr": config.arch_lr,
+                                    "train/steps_per_second": rate})
+                tick, tick_steps = now, 0
+            if config.max_steps is not None and gs >= config.max_steps:
+                stopped = True
+                break
+            if int(step_var) % config.checkpoint_every_steps == 0 and \
+                    int(step_var) < steps_per_epoch:
+                save()
+        if stopped and int(step_var) < steps_per_epoch:
+            path = save()
+            log(f"stopped after {global_step()} steps (--max_steps); checkpoint {path}. "
+                "Re-run the same command to resume.")
+            break
+        epoch_var.assign_add(1)
+        step_var.assign(0)
+        save()
+        finish_epoch(epoch)
+    alpha, beta = model.alpha.numpy(), model.beta.numpy()
+    arch, meta = decoding.decode_architecture(alpha, beta)
+    elapsed = time.perf_counter() - start
+    log(f"search {'finished' if not stopped else 'paused'} after {steps_run} steps in "
+        f"{elapsed:.0f} s")
+    return SearchResult(arch, meta, completed=int(epoch_var) >= config.epochs,
+                        global_step=global_step())

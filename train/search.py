@@ -1,0 +1,102 @@
+"""Architecture search: first-order bilevel training of the Auto-DeepLab supernet.
+
+  python -m train.search --dataset=demo                 # a short demo search, minutes on CPU
+  python -m train.search --dataset=cityscapes --data_dir=TFRECORDS --model_dir=runs/search
+
+Defaults are the paper's settings (40 epochs, alpha/beta from epoch 20, batch 2, 321 crops
+at half resolution, F=8, L=12). With --dataset=demo, flags not given on the command line
+take the demo's small values instead (see DEMO_DEFAULTS). Re-running the same command on
+the same --model_dir resumes. Open --model_dir in TensorBoard to watch the architecture form.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app
+from absl import flags
+
+from auto_deeplab_tf import distribute
+from auto_deeplab_tf import search as search_lib
+
+_DATASET = flags.DEFINE_string("dataset", "cityscapes", "Registered dataset: cityscapes, "
+                               "pascal_voc, ade20k or demo (built in, no download).")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Directory of the dataset's TFRecords "
+                                "(not needed for --dataset=demo).")
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "Run directory: checkpoints, TensorBoard "
+                                 "logs, architecture.json. Default: runs/search_<dataset>.")
+_EPOCHS = flags.DEFINE_integer("epochs", 40, "Search epochs (over trainA/trainB pairs).")
+_ARCH_START = flags.DEFINE_integer("arch_start_epoch", 20, "First epoch (0-based) in which "
+                                   "alpha/beta are updated; before it only the weights train.")
+_BATCH = flags.DEFINE_integer("batch_size", 2, "Global batch size (split over replicas), for "
+                              "trainA and trainB each.")
+_CROP = flags.DEFINE_integer("crop_size", 321, "Square random crop, in pixels.")
+_SCALE = flags.DEFINE_float("scale", 0.5, "Image scale before cropping (paper: half "
+                            "resolution).")
+_F = flags.DEFINE_integer("filter_multiplier", 8, "F: channels per op at OS 4 (F * 2^level).")
+_L = flags.DEFINE_integer("num_layers", 12, "L: searchable layers of the trellis.")
+_B = flags.DEFINE_integer("num_blocks", 5, "B: blocks per cell.")
+_LEVELS = flags.DEFINE_integer("num_levels", 4, "Resolution levels (OS 4, 8, 16, 32, ...).")
+_WEIGHT_LR = flags.DEFINE_float("weight_lr", 0.025, "Initial SGD learning rate of the "
+                                "weights (cosine decay).")
+_WEIGHT_LR_MIN = flags.DEFINE_float("weight_lr_min", 0.001, "Final SGD learning rate.")
+_MOMENTUM = flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
+_WEIGHT_DECAY = flags.DEFINE_float("weight_decay", 3e-4, "L2 weight decay of the weights.")
+_ARCH_LR = flags.DEFINE_float("arch_lr", 3e-3, "Adam learning rate of alpha and beta.")
+_ARCH_DECAY = flags.DEFINE_float("arch_weight_decay", 1e-3, "L2 weight decay of alpha, beta.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the initialisation, the A/B split and the "
+                             "data order.")
+_STRATEGY = flags.DEFINE_enum("strategy", "default", list(distribute.STRATEGIES),
+                              "default: mirrored over the visible GPUs, else the CPU.")
+_STEPS_PER_EPOCH = flags.DEFINE_integer("steps_per_epoch", None, "Cap on steps per epoch "
+                                        "(default: every pair of the A/B halves).")
+_CKPT_EVERY = flags.DEFINE_integer("checkpoint_every_steps", 100, "Checkpoint interval within "
+                                   "an epoch (a checkpoint is also written at each epoch end).")
+_LOG_EVERY = flags.DEFINE_integer("log_every_steps", 10, "Progress line interval.")
+_MAX_STEPS = flags.DEFINE_integer("max_steps", None, "Stop after this many steps in total "
+                                  "(checkpointed; re-run to continue).")
+_DETERMINISTIC = flags.DEFINE_bool("deterministic", False, "Enable TensorFlow op determinism "
+                                   "(reproducible, somewhat slower).")
+_JIT = flags.DEFINE_bool("jit_compile", False, "Compile the training step with XLA.")
+
+# The demo's small search: minutes on 2 CPU cores (README, "Quick start").
+DEMO_DEFAULTS = {
+    "epochs": 6, "arch_start_epoch": 2, "batch_size": 4, "crop_size": 64, "scale": 0.5,
+    "filter_multiplier": 4, "num_layers": 6, "checkpoint_every_steps": 50, "log_every_steps": 10,
+}
+
+
+def config_from_flags() -> search_lib.SearchConfig:
+    """SearchConfig from the command line (demo defaults for flags left unset)."""
+    values = {name: flags.FLAGS[name].value for name in (
+        "epochs", "arch_start_epoch", "batch_size", "crop_size", "scale", "filter_multiplier",
+        "num_layers", "num_blocks", "num_levels", "weight_lr", "weight_lr_min", "momentum",
+        "weight_decay", "arch_lr", "arch_weight_decay", "seed", "strategy", "steps_per_epoch",
+        "checkpoint_every_steps", "log_every_steps", "max_steps", "deterministic",
+        "jit_compile")}
+    if _DATASET.value == "demo":
+        for name, value in DEMO_DEFAULTS.items():
+            if not flags.FLAGS[name].present:
+                values[name] = value
+    model_dir = _MODEL_DIR.value or f"runs/search_{_DATASET.value}"
+    return search_lib.SearchConfig(model_dir=model_dir, dataset=_DATASET.value,
+                                   data_dir=_DATA_DIR.value, **values)
+
+
+def main(argv):
+    del argv
+    config = config_from_flags()
+    try:
+        result = search_lib.run_search(config)
+    except (ValueError, search_lib.SearchDiverged) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if result.completed:
+        print(f"\nDecoded architecture (written to {config.model_dir}/architecture.json):")
+        print(result.architecture.to_json(result.metadata))
+        print(f"TensorBoard: tensorboard --logdir {config.model_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
