@@ -44,6 +44,12 @@ class SearchModel(AutoDeepLabSupernet):
     def __init__(self, *args, ignore_label: int = 255, **kwargs):
         super().__init__(*args, **kwargs)
         self.ignore_label = int(ignore_label)
+        # Both halves of the bilevel step run this one traced forward+backward function.
+        # Kept as a call (not inlined), the supernet's graph exists once instead of twice,
+        # which halves tracing time and graph memory; the price is that the trainB pass
+        # also computes weight gradients it does not use.
+        self._loss_and_gradients = tf.function(
+            self._loss_and_gradients_eager, experimental_attributes={"_noinline": True})
         # Metrics are state: Keras wants them created before the model is built.
         self.loss_a = keras.metrics.Mean(name="loss_a")
         self.loss_b = keras.metrics.Mean(name="loss_b")
@@ -68,14 +74,19 @@ class SearchModel(AutoDeepLabSupernet):
     def search_metrics(self) -> list:
         return [self.loss_a, self.loss_b, self.confusion_a, self.confusion_b]
 
-    def _descend(self, images, labels, variables, optimizer, decay):
+    def _loss_and_gradients_eager(self, images, labels):
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
             logits = self(images, training=True)
             loss = masked_cross_entropy(labels, logits, self.ignore_label)
             scaled = loss / replicas
-        grads = tape.gradient(scaled, variables)
-        grads = [g + (decay / replicas) * v for g, v in zip(grads, variables)]
+        return loss, logits, tape.gradient(scaled, self.trainable_variables)
+
+    def _descend(self, images, labels, variables, optimizer, decay):
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        loss, logits, all_grads = self._loss_and_gradients(images, labels)
+        by_id = {id(v): g for v, g in zip(self.trainable_variables, all_grads)}
+        grads = [by_id[id(v)] + (decay / replicas) * v for v in variables]
         optimizer.apply_gradients(zip(grads, variables))
         return loss, logits
 

@@ -30,9 +30,10 @@ _ARCH_START = flags.DEFINE_integer("arch_start_epoch", 20, "First epoch (0-based
                                    "alpha/beta are updated; before it only the weights train.")
 _BATCH = flags.DEFINE_integer("batch_size", 2, "Global batch size (split over replicas), for "
                               "trainA and trainB each.")
-_CROP = flags.DEFINE_integer("crop_size", 321, "Square random crop, in pixels.")
-_SCALE = flags.DEFINE_float("scale", 0.5, "Image scale before cropping (paper: half "
-                            "resolution).")
+_CROP = flags.DEFINE_integer("crop_size", 321, "Square random crop, in pixels. Default: the "
+                             "dataset's recommended search crop (321 for Cityscapes).")
+_SCALE = flags.DEFINE_float("scale", 0.5, "Image scale before cropping. Default: the "
+                            "dataset's recommended search scale (paper: half resolution).")
 _F = flags.DEFINE_integer("filter_multiplier", 8, "F: channels per op at OS 4 (F * 2^level).")
 _L = flags.DEFINE_integer("num_layers", 12, "L: searchable layers of the trellis.")
 _B = flags.DEFINE_integer("num_blocks", 5, "B: blocks per cell.")
@@ -61,8 +62,8 @@ _JIT = flags.DEFINE_bool("jit_compile", False, "Compile the training step with X
 
 # The demo's small search: minutes on 2 CPU cores (README, "Quick start").
 DEMO_DEFAULTS = {
-    "epochs": 6, "arch_start_epoch": 2, "batch_size": 4, "crop_size": 64, "scale": 0.5,
-    "filter_multiplier": 4, "num_layers": 6, "checkpoint_every_steps": 50, "log_every_steps": 10,
+    "epochs": 6, "arch_start_epoch": 2, "batch_size": 4, "filter_multiplier": 4,
+    "num_layers": 6, "checkpoint_every_steps": 50, "log_every_steps": 10,
 }
 
 
@@ -74,10 +75,18 @@ def config_from_flags() -> search_lib.SearchConfig:
         "weight_decay", "arch_lr", "arch_weight_decay", "seed", "strategy", "steps_per_epoch",
         "checkpoint_every_steps", "log_every_steps", "max_steps", "deterministic",
         "jit_compile")}
+    from datasets import registry  # imported late: --help must not need the data layer
+
+    try:
+        descriptor = registry.get(_DATASET.value)
+    except ValueError as e:
+        raise app.UsageError(f"--dataset={_DATASET.value}: {e}")
+    defaults = {"crop_size": descriptor.search_crop_size, "scale": descriptor.search_scale}
     if _DATASET.value == "demo":
-        for name, value in DEMO_DEFAULTS.items():
-            if not flags.FLAGS[name].present:
-                values[name] = value
+        defaults.update(DEMO_DEFAULTS)
+    for name, value in defaults.items():
+        if not flags.FLAGS[name].present:
+            values[name] = value
     model_dir = _MODEL_DIR.value or f"runs/search_{_DATASET.value}"
     return search_lib.SearchConfig(model_dir=model_dir, dataset=_DATASET.value,
                                    data_dir=_DATA_DIR.value, **values)

@@ -1,0 +1,440 @@
+"""Retraining a found architecture from scratch: what `python -m train.retrain` runs.
+
+`run_retrain(RetrainConfig(...))`
+
+* builds `AutoDeepLab` and an SGD optimizer (momentum, poly learning rate from
+  `base_learning_rate` with power 0.9 to 0 at `train_steps`) inside the strategy scope;
+* minimises pixel cross-entropy (the ignore label excluded) plus L2 weight decay
+  (`weight_decay` * sum(w^2) / 2 over every convolution kernel, as slim's l2_regularizer);
+  both are divided by the number of replicas because the replicas' gradients are summed;
+* ramps scheduled drop path in linearly from step 0 to `train_steps`;
+* writes MODEL_DIR/retrain_config.json (with the architecture, so evaluate and export need only
+  MODEL_DIR), checkpoints to MODEL_DIR/checkpoints every `checkpoint_every_steps` and at the
+  end, and resumes from the latest one (model, optimizer, step; the data order is a function of
+  (seed, epoch), so the resumed epoch is rebuilt and its finished batches skipped);
+* stops on a NaN/Inf loss before saving anything from that step;
+* logs loss / learning rate / steps per second to TensorBoard (MODEL_DIR) and, at each
+  checkpoint, the input, ground truth and prediction of a few training crops in the dataset's
+  palette.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from auto_deeplab_tf import architecture as architecture_lib
+from auto_deeplab_tf import checkpointing
+from auto_deeplab_tf import distribute
+from auto_deeplab_tf import palette as palette_lib
+from auto_deeplab_tf import progress as progress_lib
+from auto_deeplab_tf.fixed_network import MODEL_SIZES, AutoDeepLab
+
+CONFIG_FILENAME = "retrain_config.json"
+CHECKPOINT_SUBDIR = "checkpoints"
+MODEL_NAME = "autodeeplab"
+LEARNING_POWER = 0.9
+
+# Settings that must not change when a run resumes: they define the model, the data order or
+# the schedule.
+_RESUME_KEYS = ("dataset", "filter_multiplier", "stem_filters", "aspp_filters",
+                "decoder_filters", "batch_size", "crop_size", "min_scale", "max_scale", "seed",
+                "train_steps", "num_classes")
+
+
+class RetrainDiverged(RuntimeError):
+    """The loss became NaN or Inf."""
+
+
+@dataclasses.dataclass
+class RetrainConfig:
+    """Settings of one retraining run; defaults are the paper's (SPEC section 4)."""
+
+    model_dir: str
+    architecture: str = "autodeeplab"  # 'autodeeplab' or a JSON file from search / decode
+    dataset: str = "cityscapes"
+    data_dir: str | None = None
+    filter_multiplier: int = MODEL_SIZES["S"]
+    stem_filters: tuple[int, int, int] = (64, 64, 128)
+    aspp_filters: int = 256
+    decoder_filters: int = 256
+    crop_size: int = 769
+    batch_size: int = 8
+    min_scale: float = 0.5
+    max_scale: float = 2.0
+    train_steps: int = 1_500_000
+    base_learning_rate: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 4e-5
+    drop_path_keep_prob: float = 1.0
+    # BN moving-average decay; the paper's 0.9997 needs thousands of steps to settle, so
+    # short runs (the demo) use a smaller one or their inference-mode outputs are garbage.
+    bn_momentum: float = 0.9997
+    seed: int = 0
+    strategy: str = "default"
+    checkpoint_every_steps: int = 1000
+    log_every_steps: int = 100
+    max_steps: int | None = None  # stop (after checkpointing) at this step; rerun to continue
+    num_summary_images: int = 3
+    deterministic: bool = False
+    jit_compile: bool = False
+    num_classes: int | None = None  # filled in from the dataset
+
+    def validate(self) -> None:
+        positive = ("filter_multiplier", "aspp_filters", "decoder_filters", "crop_size",
+                    "batch_size", "train_steps", "checkpoint_every_steps", "log_every_steps")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if len(self.stem_filters) != 3 or min(self.stem_filters) < 1:
+            raise ValueError(f"--stem_filters must be three positive integers, got "
+                             f"{list(self.stem_filters)}")
+        if not 0 < self.min_scale <= self.max_scale:
+            raise ValueError(f"--min_scale and --max_scale must satisfy 0 < min_scale <= "
+                             f"max_scale, got {self.min_scale} and {self.max_scale}")
+        if not self.base_learning_rate > 0:
+            raise ValueError(f"--base_learning_rate must be > 0, got {self.base_learning_rate}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"--momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ValueError(f"--weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 < self.drop_path_keep_prob <= 1:
+            raise ValueError(f"--drop_path_keep_prob must be in (0, 1], got "
+                             f"{self.drop_path_keep_prob}")
+        if not 0 <= self.bn_momentum < 1:
+            raise ValueError(f"--bn_momentum must be in [0, 1), got {self.bn_momentum}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"--max_steps must be >= 1, got {self.max_steps}")
+        if self.strategy not in distribute.STRATEGIES:
+            raise ValueError(f"--strategy={self.strategy}: unknown strategy, expected one of "
+                             f"{', '.join(distribute.STRATEGIES)}")
+
+
+@dataclasses.dataclass
+class RetrainResult:
+    global_step: int
+    completed: bool  # False when stopped early by max_steps
+    checkpoint: str | None
+    last_loss: float
+
+
+def load_architecture(spec: str) -> architecture_lib.Architecture:
+    """The architecture named by --architecture, with a message naming the flag on error."""
+    try:
+        return architecture_lib.get_architecture(spec)
+    except (ValueError, OSError, KeyError, TypeError) as e:
+        raise ValueError(f"--architecture={spec}: {e}") from e
+
+
+def build_model(model_config: dict[str, Any]) -> AutoDeepLab:
+    """The network described by a retrain_config.json dict, with its weights created."""
+    model = AutoDeepLab(
+        architecture_lib.Architecture.from_dict(model_config["architecture_spec"]),
+        num_classes=model_config["num_classes"],
+        filter_multiplier=model_config["filter_multiplier"],
+        stem_filters=tuple(model_config["stem_filters"]),
+        aspp_filters=model_config["aspp_filters"],
+        decoder_filters=model_config["decoder_filters"],
+        drop_path_keep_prob=model_config.get("drop_path_keep_prob", 1.0),
+        name=MODEL_NAME)
+    model.build((None, None, None, 3))
+    if "bn_momentum" in model_config:  # read when a training call is traced: set it after build
+        for layer in model._flatten_layers(include_self=False, recursive=True):
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = float(model_config["bn_momentum"])
+    return model
+
+
+def read_model_config(model_dir: str) -> dict[str, Any]:
+    path = os.path.join(model_dir, CONFIG_FILENAME)
+    if not tf.io.gfile.exists(path):
+        raise ValueError(f"--model_dir={model_dir} has no {CONFIG_FILENAME}; is it the "
+                         "--model_dir of a `python -m train.retrain` run?")
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
+def checkpoint_step(path: str) -> int:
+    """The global step of a checkpoint written by the retraining loop ('.../ckpt-STEP')."""
+    try:
+        return int(path.rsplit("-", 1)[-1])
+    except ValueError:
+        return -1
+
+
+def resolve_checkpoint(model_dir: str, checkpoint_path: str | None = None) -> str:
+    """The checkpoint to load: `checkpoint_path` (a prefix or a directory) or the latest one."""
+    path = checkpoint_path or os.path.join(model_dir, CHECKPOINT_SUBDIR)
+    if tf.io.gfile.isdir(path):
+        latest = tf.train.latest_checkpoint(path)
+        if latest is None:
+            raise ValueError(f"no checkpoint in {path} yet")
+        return latest
+    if not tf.io.gfile.exists(path + ".index"):
+        raise ValueError(f"--checkpoint_path={path}: no such checkpoint")
+    return path
+
+
+def model_variable_bundle(model: keras.Model) -> checkpointing.VariableBundle:
+    """Every variable of `model`, keyed by path, with stable keys for variables that Keras
+    names process-wide rather than under the model (the dropout's SeedGenerator state is
+    'seed_generator_N/...', N counting the generators made so far in the process)."""
+    prefix = model.name + "/"
+    own = [v for v in model.variables if v.path.startswith(prefix)]
+    bundle = checkpointing.VariableBundle(own)
+    others = [v for v in model.variables if not v.path.startswith(prefix)]
+    for i, v in enumerate(others):
+        bundle.variables_by_path[f"{model.name}|unscoped_{i}|{v.path.split('/')[-1]}"] = v
+    return bundle
+
+
+def restore_model(model: keras.Model, checkpoint_path: str) -> None:
+    """Loads the model's weights (only) from a retraining checkpoint; fails on any miss."""
+    checkpoint = tf.train.Checkpoint(model=model_variable_bundle(model))
+    status = checkpoint.restore(checkpoint_path)
+    status.expect_partial()  # the optimizer and the step are not wanted here
+    status.assert_existing_objects_matched()
+
+
+def load_trained_model(model_dir: str, checkpoint_path: str | None = None
+                       ) -> tuple[AutoDeepLab, dict[str, Any], str]:
+    """(model with restored weights, its retrain_config.json dict, checkpoint path)."""
+    model_config = read_model_config(model_dir)
+    path = resolve_checkpoint(model_dir, checkpoint_path)
+    model = build_model(model_config)
+    restore_model(model, path)
+    return model, model_config, path
+
+
+def masked_cross_entropy(labels: tf.Tensor, logits: tf.Tensor, num_classes: int,
+                         ignore_label: int) -> tf.Tensor:
+    """Mean pixel cross-entropy over the pixels whose label is a class (0 if there are none)."""
+    labels = tf.cast(labels, tf.int32)
+    valid = tf.logical_and(tf.not_equal(labels, ignore_label),
+                           tf.logical_and(labels >= 0, labels < num_classes))
+    safe = tf.where(valid, labels, tf.zeros_like(labels))
+    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=safe, logits=tf.cast(logits, tf.float32))
+    weights = tf.cast(valid, tf.float32)
+    return tf.reduce_sum(losses * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
+
+
+def decayed_variables(model: keras.Model) -> list:
+    """The convolution kernels (every rank-4 trainable weight)."""
+    return [v for v in model.trainable_variables if len(v.shape) == 4]
+
+
+def _check_resume_config(config_dict: dict, model_dir: str) -> None:
+    path = os.path.join(model_dir, CONFIG_FILENAME)
+    if tf.io.gfile.exists(path):
+        with tf.io.gfile.GFile(path) as f:
+            saved = json.load(f)
+        for key in _RESUME_KEYS + ("architecture_spec",):
+            if key in saved and saved[key] != config_dict[key]:
+                flag = "architecture" if key == "architecture_spec" else key
+                shown = config_dict["architecture"] if key == "architecture_spec" \
+                    else config_dict[key]
+                raise ValueError(
+                    f"{path}: this run has --{flag}={shown} but {model_dir} holds a retraining "
+                    f"run with a different {flag} ({saved.get(flag, saved[key])}); resume with "
+                    "the same settings or use another --model_dir")
+    tmp = f"{path}.tmp"
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        json.dump(config_dict, f, indent=2)
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+class _Writer:
+    def __init__(self, model_dir: str):
+        self.writer = tf.summary.create_file_writer(model_dir)
+
+    def scalars(self, step: int, values: dict) -> None:
+        with self.writer.as_default(step=step):
+            for name, value in values.items():
+                tf.summary.scalar(name, float(value))
+
+    def images(self, step: int, images, labels, predictions, palette) -> None:
+        with self.writer.as_default(step=step):
+            tf.summary.image("train/image", palette_lib.denormalize_image(images),
+                             max_outputs=images.shape[0])
+            tf.summary.image("train/ground_truth", palette_lib.colorize_tf(labels, palette),
+                             max_outputs=images.shape[0])
+            tf.summary.image("train/prediction", palette_lib.colorize_tf(predictions, palette),
+                             max_outputs=images.shape[0])
+        self.writer.flush()
+
+
+def run_retrain(config: RetrainConfig,
+                dataset_fn: Callable[[int], tf.data.Dataset] | None = None,
+                num_classes: int | None = None,
+                steps_per_epoch: int | None = None,
+                ignore_label: int = 255,
+                palette=None,
+                log: Callable[[str], None] = print) -> RetrainResult:
+    """Runs (or resumes) a retraining.
+
+    `dataset_fn(epoch)` (one epoch of (images, labels) batches, a function of the epoch only),
+    `num_classes` and `steps_per_epoch` replace the registered dataset (used by tests).
+    """
+    config.validate()
+    arch = load_architecture(config.architecture)
+    model_dir = config.model_dir
+    tf.io.gfile.makedirs(model_dir)
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    strategy = distribute.make_strategy(config.strategy)
+
+    if dataset_fn is None:
+        from datasets import input_pipeline, registry  # the data layer is optional for tests
+
+        descriptor = registry.get(config.dataset)
+        data_dir = input_pipeline.resolve_data_dir(config.dataset, config.data_dir)
+        num_classes = descriptor.num_classes
+        ignore_label = descriptor.ignore_label
+        palette = descriptor.palette
+        steps_per_epoch = input_pipeline.retrain_steps_per_epoch(
+            descriptor, data_dir, config.batch_size, split=descriptor.train_split)
+        if steps_per_epoch < 1:
+            raise ValueError(f"--batch_size={config.batch_size} is larger than the "
+                             f"{config.dataset} train split")
+
+        def dataset_fn(epoch):
+            return input_pipeline.retrain_dataset(
+                descriptor, data_dir, split=descriptor.train_split,
+                batch_size=config.batch_size, crop_size=config.crop_size,
+                min_scale=config.min_scale, max_scale=config.max_scale, seed=config.seed,
+                epoch=epoch)
+    elif num_classes is None or steps_per_epoch is None:
+        raise ValueError("a custom dataset_fn needs num_classes and steps_per_epoch")
+    if palette is None:
+        rng = np.random.default_rng(0)
+        palette = [tuple(int(c) for c in rng.integers(0, 256, 3)) for _ in range(num_classes)]
+    if config.batch_size % strategy.num_replicas_in_sync:
+        raise ValueError(f"--batch_size={config.batch_size} must be a multiple of the "
+                         f"{strategy.num_replicas_in_sync} replicas")
+    config.num_classes = int(num_classes)
+    config_dict = dataclasses.asdict(config)
+    config_dict["stem_filters"] = list(config.stem_filters)
+    config_dict["architecture_spec"] = arch.to_dict()
+    config_dict["ignore_label"] = int(ignore_label)
+    _check_resume_config(config_dict, model_dir)
+
+    with strategy.scope():
+        model = build_model(config_dict)
+        schedule = keras.optimizers.schedules.PolynomialDecay(
+            config.base_learning_rate, decay_steps=config.train_steps,
+            end_learning_rate=0.0, power=LEARNING_POWER)
+        optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum, name="sgd")
+        optimizer.build(model.trainable_variables)
+    # Read and written only from Python, between steps: a plain variable, not a mirrored one.
+    step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+    checkpoint = tf.train.Checkpoint(
+        model=model_variable_bundle(model),
+        optimizer=checkpointing.VariableBundle(optimizer.variables),
+        global_step=step_var)
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, CHECKPOINT_SUBDIR),
+                                         max_to_keep=5)
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        log(f"resumed from {manager.latest_checkpoint} at step {int(step_var)} of "
+            f"{config.train_steps}")
+
+    num_replicas = strategy.num_replicas_in_sync
+    decayed = decayed_variables(model)
+    trainable = model.trainable_variables
+    train_steps = config.train_steps
+
+    def replica_step(images, labels):
+        progress = tf.minimum(1.0, tf.cast(optimizer.iterations, tf.float32) / train_steps)
+        with tf.GradientTape() as tape:
+            logits = model(images, training=True, drop_path_progress=progress)
+            ce = masked_cross_entropy(labels, logits, num_classes, ignore_label)
+            l2 = config.weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in decayed])
+            # Gradients are summed over replicas: scale each replica's share.
+            loss = (ce + l2) / num_replicas
+        grads = tape.gradient(loss, trainable)
+        optimizer.apply_gradients(zip(grads, trainable))
+        return ce / num_replicas, l2 / num_replicas
+
+    @tf.function(jit_compile=config.jit_compile)
+    def train_step(batch):
+        images, labels = batch
+        ce, l2 = strategy.run(replica_step, args=(images, labels))
+        return (strategy.reduce(tf.distribute.ReduceOp.SUM, ce, axis=None),
+                strategy.reduce(tf.distribute.ReduceOp.SUM, l2, axis=None))
+
+    writer = _Writer(model_dir)
+    last_batch = None
+
+    def save() -> str:
+        path = manager.save(checkpoint_number=int(step_var))
+        if last_batch is not None and config.num_summary_images > 0:
+            images, labels = (strategy.experimental_local_results(t)[0] for t in last_batch)
+            images = images[:config.num_summary_images]
+            labels = labels[:config.num_summary_images]
+            predictions = tf.argmax(model(images, training=False), axis=-1)
+            writer.images(int(step_var), images, labels, predictions, palette)
+        return path
+
+    stop_at = min(train_steps, config.max_steps or train_steps)
+    meter = progress_lib.ProgressMeter(stop_at, config.log_every_steps, done=int(step_var))
+    start = time.perf_counter()
+    steps_run = 0
+    loss = float("nan")
+    while int(step_var) < stop_at:
+        epoch, done_in_epoch = divmod(int(step_var), steps_per_epoch)
+        data = dataset_fn(epoch).take(steps_per_epoch).skip(done_in_epoch)
+        data = data.take(stop_at - int(step_var))
+        for batch in strategy.experimental_distribute_dataset(data):
+            if steps_run == 0:
+                log("tracing the training step (the first step builds the graph and takes "
+                    "longer)...")
+            ce, l2 = train_step(batch)
+            ce, l2 = float(ce), float(l2)
+            loss = ce + l2
+            if not np.isfinite(loss):
+                last = manager.latest_checkpoint or "none (nothing was saved yet)"
+                raise RetrainDiverged(
+                    f"loss became NaN or Inf at step {int(step_var) + 1} (cross-entropy {ce}, "
+                    f"weight decay {l2}); stopping. Nothing from this step was saved; the last "
+                    f"good checkpoint is {last}. Try a lower --base_learning_rate.")
+            step_var.assign_add(1)
+            last_batch = batch
+            steps_run += 1
+            step = int(step_var)
+            if steps_run == 1:
+                meter.restart_clock(step)  # the rate should not include tracing
+                log(f"step {step}/{train_steps} | loss {loss:.4f}")
+            elif meter.step(step):
+                lr = float(schedule(step - 1))
+                log(f"step {step}/{train_steps} (epoch {step // steps_per_epoch + 1}) | loss "
+                    f"{loss:.4f} (xent {ce:.4f}) | lr {lr:.5f} | {meter.summary()}")
+                writer.scalars(step, {"train/loss": loss, "train/cross_entropy": ce,
+                                      "train/weight_decay_loss": l2, "train/learning_rate": lr,
+                                      "train/steps_per_second": meter.rate,
+                                      "train/drop_path_progress": min(1.0, step / train_steps)})
+            if step % config.checkpoint_every_steps == 0 and step < stop_at:
+                save()
+                meter.restart_clock(step)
+    path = manager.latest_checkpoint
+    if steps_run or path is None or checkpoint_step(path) != int(step_var):
+        path = save()
+    writer.writer.flush()
+    completed = int(step_var) >= train_steps
+    elapsed = time.perf_counter() - start
+    if completed:
+        log(f"retraining finished: {int(step_var)} steps ({steps_run} in this run, "
+            f"{elapsed:.0f} s); checkpoint {path}")
+    else:
+        log(f"stopped at step {int(step_var)} of {train_steps} (--max_steps) after {elapsed:.0f}"
+            f" s; checkpoint {path}. Re-run the same command to resume.")
+    return RetrainResult(global_step=int(step_var), completed=completed, checkpoint=path,
+                         last_loss=loss)

@@ -1,0 +1,86 @@
+"""Benchmark: one bilevel search step (one w step + one alpha/beta step).
+
+  python -m bench.search_step --filter_multiplier=8 --num_layers=12 --num_classes=19 \
+      --batch_size=2 --crop_size=64 [--steps=5] [--device=cpu|gpu] [--jit_compile]
+
+Prints one JSON line: the median step time over --steps timed steps (after one warm-up
+step that traces the graph), the trace+first-step time, the process's peak RSS and, on a
+GPU, the peak GPU memory. Random data, so no dataset is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import time
+
+import numpy as np
+from absl import app
+from absl import flags
+
+_F = flags.DEFINE_integer("filter_multiplier", 8, "F.")
+_L = flags.DEFINE_integer("num_layers", 12, "L.")
+_B = flags.DEFINE_integer("num_blocks", 5, "B.")
+_CLASSES = flags.DEFINE_integer("num_classes", 19, "Classes.")
+_BATCH = flags.DEFINE_integer("batch_size", 2, "Global batch size (each of trainA, trainB).")
+_CROP = flags.DEFINE_integer("crop_size", 64, "Square crop.")
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after one warm-up step).")
+_DEVICE = flags.DEFINE_enum("device", "cpu", ["cpu", "gpu"], "Where to run.")
+_JIT = flags.DEFINE_bool("jit_compile", False, "Compile the step with XLA.")
+
+
+def main(argv):
+    del argv
+    import tensorflow as tf
+
+    from auto_deeplab_tf import search as search_lib
+
+    if _DEVICE.value == "cpu":
+        tf.config.set_visible_devices([], "GPU")
+    strategy = tf.distribute.OneDeviceStrategy("/gpu:0" if _DEVICE.value == "gpu" else "/cpu:0")
+    config = search_lib.SearchConfig(model_dir="/unused", filter_multiplier=_F.value,
+                                     num_layers=_L.value, num_blocks=_B.value,
+                                     batch_size=_BATCH.value, crop_size=_CROP.value)
+    with strategy.scope():
+        model = search_lib.build_search_model(config, _CLASSES.value, total_steps=1000)
+    step = search_lib.make_step_function(model, strategy, update_arch=True,
+                                         jit_compile=_JIT.value)
+    rng = np.random.default_rng(0)
+    shape = (_BATCH.value, _CROP.value, _CROP.value)
+
+    def batch():
+        images = rng.uniform(-1, 1, size=shape + (3,)).astype(np.float32)
+        labels = rng.integers(0, _CLASSES.value, size=shape).astype(np.int32)
+        return images, labels
+
+    data = tf.data.Dataset.from_tensors((batch(), batch())).repeat(_STEPS.value + 1)
+    times = []
+    first = None
+    for pair in strategy.experimental_distribute_dataset(data):
+        t0 = time.perf_counter()
+        losses = step(pair)
+        float(losses[0])
+        elapsed = time.perf_counter() - t0
+        if first is None:
+            first = elapsed
+        else:
+            times.append(elapsed)
+    result = {
+        "filter_multiplier": _F.value, "num_layers": _L.value, "num_blocks": _B.value,
+        "num_classes": _CLASSES.value, "batch_size": _BATCH.value, "crop_size": _CROP.value,
+        "device": _DEVICE.value, "jit_compile": _JIT.value,
+        "median_step_s": round(float(np.median(times)), 4),
+        "min_step_s": round(float(np.min(times)), 4),
+        "trace_and_first_step_s": round(first, 2),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cpus",
+    }
+    if _DEVICE.value == "gpu":
+        info = tf.config.experimental.get_memory_info("GPU:0")
+        result["peak_gpu_memory_gb"] = round(info["peak"] / 2**30, 3)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    app.run(main)

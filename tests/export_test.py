@@ -1,0 +1,115 @@
+"""SavedModel export: loads in a fresh process and in saved_model_cli, same labels as the
+Keras model, both signatures, clear errors for bad inputs."""
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from auto_deeplab_tf import export as export_lib
+from auto_deeplab_tf import retrain as retrain_lib
+from tests import segmentation_helpers as sh
+
+_FRESH_PROCESS = """
+import sys, numpy as np, tensorflow as tf
+loaded = tf.saved_model.load(sys.argv[1])
+images = np.load(sys.argv[2])
+out = loaded.signatures["serving_default"](images=tf.constant(images))
+np.savez(sys.argv[3], **{k: v.numpy() for k, v in out.items()})
+"""
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    base = tmp_path_factory.mktemp("export")
+    data_dir = sh.make_tiny_cityscapes(str(base))
+    model_dir = str(base / "run")
+    sh.tiny_retrain(model_dir, data_dir, train_steps=2)
+    export_dir = str(base / "export")
+    out = sh.run_module("train.export", f"--model_dir={model_dir}", f"--export_dir={export_dir}",
+                        "--with_probabilities")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "agrees with the Keras model on 100.00% of pixels" in out.stdout
+    return model_dir, export_dir, base
+
+
+def test_fresh_process_gives_the_keras_labels(exported):
+    model_dir, export_dir, base = exported
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, size=(2, 29, 45, 3), dtype=np.uint8)  # any size, odd too
+    np.save(base / "images.npy", images)
+    script = base / "load.py"
+    script.write_text(_FRESH_PROCESS)
+    subprocess.run([sys.executable, str(script), export_dir, str(base / "images.npy"),
+                    str(base / "out.npz")], check=True, capture_output=True,
+                   env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    served = np.load(base / "out.npz")
+    model, _, _ = retrain_lib.load_trained_model(model_dir)
+    logits = model(export_lib.normalize_image(images), training=False)
+    expected = tf.argmax(logits, -1, output_type=tf.int32).numpy()
+    assert served["semantic"].dtype == np.int32 and served["semantic"].shape == (2, 29, 45)
+    np.testing.assert_array_equal(served["semantic"], expected)
+    np.testing.assert_allclose(served["probabilities"], tf.nn.softmax(logits).numpy(),
+                               atol=1e-5)
+
+
+def test_saved_model_cli_shows_both_signatures(exported):
+    _, export_dir, _ = exported
+    cli = shutil.which("saved_model_cli", path=os.path.dirname(sys.executable))
+    assert cli, "saved_model_cli is not on the venv's bin"
+    out = subprocess.run([cli, "show", "--dir", export_dir, "--all"], capture_output=True,
+                         text=True, check=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    text = out.stdout
+    assert "signature_def['serving_default']" in text
+    assert "signature_def['serving_encoded']" in text
+    assert "DT_UINT8" in text and "unknown_rank" in text
+    assert "outputs['semantic']" in text and "outputs['probabilities']" in text
+    assert "DT_INT32" in text and "DT_STRING" in text
+
+
+def test_metadata_asset(exported):
+    _, export_dir, _ = exported
+    metadata = export_lib.read_metadata(export_dir)
+    assert metadata["dataset"] == "cityscapes" and metadata["num_classes"] == 19
+    assert metadata["train_id_to_label_id"][0] == 7 and len(metadata["palette"]) == 19
+    with open(os.path.join(export_dir, "assets", "metadata.json")) as f:
+        assert json.load(f)["global_step"] == 2
+
+
+def _png(array):
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_encoded_signature_matches_and_bad_inputs_fail_clearly(exported):
+    _, export_dir, _ = exported
+    loaded = tf.saved_model.load(export_dir)
+    serve = loaded.signatures["serving_default"]
+    encoded = loaded.signatures["serving_encoded"]
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, size=(2, 24, 31, 3), dtype=np.uint8)
+    direct = serve(images=tf.constant(images))["semantic"].numpy()
+    from_png = encoded(encoded_images=tf.constant([_png(i) for i in images]))
+    np.testing.assert_array_equal(from_png["semantic"].numpy(), direct)
+
+    errors = (TypeError, ValueError, tf.errors.InvalidArgumentError)
+    with pytest.raises(errors, match="uint8"):
+        serve(images=tf.constant(images.astype(np.float32)))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="rank 4"):
+        serve(images=tf.constant(images[0]))  # one image without the batch dimension
+    with pytest.raises(tf.errors.InvalidArgumentError, match="3 channels"):
+        serve(images=tf.constant(np.zeros((1, 8, 8, 4), np.uint8)))  # RGBA
+    with pytest.raises(tf.errors.InvalidArgumentError, match="non-empty uint8 batch"):
+        serve(images=tf.constant(np.zeros((1, 0, 8, 3), np.uint8)))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="same height and width"):
+        encoded(encoded_images=tf.constant([_png(images[0]), _png(images[0][:20])]))
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        encoded(encoded_images=tf.constant([b"not an image"]))

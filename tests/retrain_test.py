@@ -1,0 +1,97 @@
+"""Retraining: checkpoints, resume, TensorBoard output, NaN guard, flag errors. Tiny, on CPU."""
+
+import glob
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from auto_deeplab_tf import retrain as retrain_lib
+from tests import segmentation_helpers as sh
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return sh.make_tiny_cityscapes(str(tmp_path_factory.mktemp("retrain_data")))
+
+
+def _event_tags(directory):
+    tags = set()
+    for path in glob.glob(os.path.join(directory, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                tags.add(value.tag)
+    return tags
+
+
+def _saved_step(model_dir):
+    reader = tf.train.load_checkpoint(os.path.join(model_dir, "checkpoints"))
+    return int(reader.get_tensor("global_step/.ATTRIBUTES/VARIABLE_VALUE"))
+
+
+def test_checkpoint_resume_and_tensorboard(data_dir, tmp_path):
+    model_dir = tmp_path / "run"
+    first, logs = sh.tiny_retrain(model_dir, data_dir, max_steps=3)
+    assert first.global_step == 3 and not first.completed
+    assert first.checkpoint.endswith("ckpt-3")
+    assert _saved_step(model_dir) == 3
+    assert any("stopped at step 3 of 4" in line for line in logs)
+    assert os.path.exists(model_dir / "retrain_config.json")
+    tags = _event_tags(str(model_dir))
+    assert {"train/loss", "train/learning_rate", "train/image", "train/ground_truth",
+            "train/prediction"} <= tags
+
+    second, logs = sh.tiny_retrain(model_dir, data_dir)
+    assert any("resumed from" in line and "at step 3 of 4" in line for line in logs)
+    assert second.completed and second.global_step == 4
+    assert _saved_step(model_dir) == 4
+    # The optimizer state came back too: it counted 4 updates in total, not 1.
+    reader = tf.train.load_checkpoint(os.path.join(model_dir, "checkpoints"))
+    iterations = [k for k in reader.get_variable_to_shape_map()
+                  if k.startswith("optimizer/") and "iteration" in k]
+    assert iterations and int(reader.get_tensor(iterations[0])) == 4
+    assert np.isfinite(second.last_loss)
+
+    # Running again once finished does no more steps and keeps the checkpoint.
+    third, logs = sh.tiny_retrain(model_dir, data_dir)
+    assert third.global_step == 4 and third.checkpoint.endswith("ckpt-4")
+
+
+def test_changed_setting_on_resume_names_the_flag(data_dir, tmp_path):
+    sh.tiny_retrain(tmp_path / "run", data_dir, max_steps=1, train_steps=2)
+    with pytest.raises(ValueError, match="--crop_size"):
+        sh.tiny_retrain(tmp_path / "run", data_dir, train_steps=2, crop_size=24)
+
+
+def test_nan_loss_keeps_the_last_good_checkpoint(tmp_path):
+    def dataset_fn(epoch):
+        images = np.zeros((8, 32, 32, 3), np.float32)
+        if epoch >= 1:
+            images[:] = np.nan
+        labels = np.ones((8, 32, 32), np.int32)
+        return tf.data.Dataset.from_tensor_slices((images, labels)).batch(2)
+
+    config = sh.tiny_config(tmp_path / "run", None, architecture=sh.arch_file(tmp_path),
+                            train_steps=10, checkpoint_every_steps=2)
+    logs = []
+    with pytest.raises(retrain_lib.RetrainDiverged, match="last good checkpoint is .*ckpt-4"):
+        retrain_lib.run_retrain(config, dataset_fn=dataset_fn, num_classes=3,
+                                steps_per_epoch=4, log=logs.append)
+    assert _saved_step(tmp_path / "run") == 4
+
+
+def test_mirrored_strategy_runs(data_dir, tmp_path):
+    result, _ = sh.tiny_retrain(tmp_path / "run", data_dir, strategy="mirrored", train_steps=2)
+    assert result.completed and np.isfinite(result.last_loss)
+
+
+def test_bad_flags_name_the_flag(tmp_path):
+    bad = sh.run_module("train.retrain", "--dataset=cityscapes", f"--data_dir={tmp_path}",
+                        f"--model_dir={tmp_path / 'a'}", "--batch_size=0")
+    assert bad.returncode != 0 and "--batch_size" in bad.stderr
+    bad = sh.run_module("train.retrain", "--dataset=demo", f"--model_dir={tmp_path / 'b'}",
+                        "--architecture=/nonexistent/arch.json")
+    assert bad.returncode != 0 and "--architecture" in bad.stderr
+    bad = sh.run_module("train.retrain", "--dataset=cityscapes", f"--model_dir={tmp_path / 'c'}")
+    assert bad.returncode != 0 and "--data_dir" in bad.stderr

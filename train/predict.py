@@ -1,0 +1,124 @@
+"""Segments images with an exported SavedModel and writes PNGs.
+
+  python -m train.predict --export_dir=runs/retrain_demo/export \
+      --images='demo_images/*.png' --output_dir=runs/predictions
+
+For every input image NAME.png/jpg it writes
+
+* OUTPUT_DIR/color/NAME.png: the label map in the dataset's palette (RGB; ignore = white);
+* OUTPUT_DIR/labelIds/NAME.png (Cityscapes only): 8-bit labelIds, the format the Cityscapes
+  evaluation server and cityscapesScripts expect (trainId -> labelId);
+* OUTPUT_DIR/trainIds/NAME.png with --write_train_ids: the raw predicted class ids.
+
+The palette and the Cityscapes mapping come from the export's assets/metadata.json; --dataset
+chooses another registered dataset's palette.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+
+from absl import app
+from absl import flags
+
+_EXPORT_DIR = flags.DEFINE_string("export_dir", None, "SavedModel written by train.export.")
+_IMAGES = flags.DEFINE_string("images", None, "Glob of input images (PNG or JPEG), e.g. "
+                              "'leftImg8bit/test/*/*.png'.")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where the PNGs go.")
+_DATASET = flags.DEFINE_string("dataset", None, "Dataset whose palette (and, for cityscapes, "
+                               "labelIds mapping) to use; default: the export's metadata.")
+_TRAIN_IDS = flags.DEFINE_bool("write_train_ids", False, "Also write the predicted class ids "
+                               "as 8-bit PNGs under OUTPUT_DIR/trainIds.")
+
+
+def output_name(path: str) -> str:
+    """'aachen_000000_000019_leftImg8bit.png' -> 'aachen_000000_000019_leftImg8bit.png';
+    any extension becomes .png."""
+    return os.path.splitext(os.path.basename(path))[0] + ".png"
+
+
+def train_ids_to_label_ids(labels, table):
+    """Maps trainIds to labelIds with `table` (trainId -> labelId); other ids -> 0."""
+    import numpy as np
+
+    lookup = np.zeros(256, np.uint8)
+    lookup[: len(table)] = np.asarray(table, np.uint8)
+    labels = np.asarray(labels)
+    return lookup[np.clip(labels, 0, 255)]
+
+
+def run(log=print) -> int:
+    import numpy as np
+    import tensorflow as tf
+    from PIL import Image
+
+    from auto_deeplab_tf import export as export_lib
+    from auto_deeplab_tf import palette as palette_lib
+
+    for flag in (_EXPORT_DIR, _IMAGES, _OUTPUT_DIR):
+        if not flag.value:
+            raise ValueError(f"--{flag.name} is required")
+    if not tf.io.gfile.exists(os.path.join(_EXPORT_DIR.value, "saved_model.pb")):
+        raise ValueError(f"--export_dir={_EXPORT_DIR.value} holds no SavedModel "
+                         "(saved_model.pb); write one with python -m train.export")
+    paths = sorted(glob.glob(_IMAGES.value, recursive=True))
+    if not paths:
+        raise ValueError(f"--images={_IMAGES.value} matches no file")
+    metadata = export_lib.read_metadata(_EXPORT_DIR.value)
+    dataset = _DATASET.value or metadata.get("dataset")
+    if _DATASET.value or not metadata.get("palette"):
+        if not dataset:
+            raise ValueError(f"--export_dir={_EXPORT_DIR.value} has no metadata naming its "
+                             "dataset; pass --dataset")
+        from datasets import registry
+
+        descriptor = registry.get(dataset)
+        palette = descriptor.palette
+        label_ids = descriptor.train_id_to_label_id
+    else:
+        palette = metadata["palette"]
+        label_ids = metadata.get("train_id_to_label_id")
+    serve = tf.saved_model.load(_EXPORT_DIR.value).signatures["serving_default"]
+    out = _OUTPUT_DIR.value
+    dirs = {"color": os.path.join(out, "color")}
+    if label_ids:
+        dirs["labelIds"] = os.path.join(out, "labelIds")
+    if _TRAIN_IDS.value:
+        dirs["trainIds"] = os.path.join(out, "trainIds")
+    for d in dirs.values():
+        os.makedirs(d, exist_ok=True)
+    for i, path in enumerate(paths):
+        try:
+            image = np.asarray(Image.open(path).convert("RGB"), np.uint8)
+        except OSError as e:
+            raise ValueError(f"{path}: cannot read the image: {e}") from e
+        semantic = serve(images=tf.constant(image[None]))["semantic"].numpy()[0]
+        name = output_name(path)
+        Image.fromarray(palette_lib.colorize(semantic, palette)).save(
+            os.path.join(dirs["color"], name))
+        if label_ids:
+            Image.fromarray(train_ids_to_label_ids(semantic, label_ids)).save(
+                os.path.join(dirs["labelIds"], name))
+        if _TRAIN_IDS.value:
+            Image.fromarray(semantic.astype(np.uint8)).save(os.path.join(dirs["trainIds"], name))
+        if (i + 1) % 50 == 0:
+            log(f"  {i + 1}/{len(paths)} images")
+    log(f"wrote {len(paths)} prediction(s) to {', '.join(dirs.values())}")
+    return 0
+
+
+def main(argv):
+    if len(argv) > 1:
+        print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
+        return 2
+    try:
+        return run()
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    app.run(main)
