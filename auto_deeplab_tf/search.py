@@ -30,6 +30,7 @@ from auto_deeplab_tf import common
 from auto_deeplab_tf import decoding
 from auto_deeplab_tf import distribute
 from auto_deeplab_tf import metrics as metrics_lib
+from auto_deeplab_tf import progress
 from auto_deeplab_tf import search_space
 from auto_deeplab_tf import visualize
 from auto_deeplab_tf.architecture import Architecture
@@ -104,13 +105,6 @@ class SearchResult:
     metadata: dict
     completed: bool  # False when stopped early by max_steps
     global_step: int
-
-
-def _format_eta(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 def _check_resume_config(config: SearchConfig, model_dir: str) -> None:
@@ -296,10 +290,13 @@ def run_search(config: SearchConfig,
     stopped = False
     start = time.perf_counter()
     steps_run = 0
+    meter = progress.ProgressMeter(total_steps, every=config.log_every_steps,
+                                   done=global_step())
     while int(epoch_var) < config.epochs and not stopped:
         epoch = int(epoch_var)
         update_arch = epoch >= config.arch_start_epoch
-        if update_arch not in step_fns:
+        traced = update_arch in step_fns
+        if not traced:
             step_fns[update_arch] = make_step_function(model, strategy, update_arch,
                                                        config.jit_compile)
         step_fn = step_fns[update_arch]
@@ -307,12 +304,14 @@ def run_search(config: SearchConfig,
             m.reset_state()
         done_in_epoch = int(step_var)
         data = dataset_fn(epoch).take(steps_per_epoch).skip(done_in_epoch)
-        tick, tick_steps = time.perf_counter(), 0
         for batch in strategy.experimental_distribute_dataset(data):
-            if steps_run == 0:
+            if not traced:
                 log(f"tracing the {'bilevel' if update_arch else 'weight-only'} step "
-                    "(the first step builds the graph and takes longer)...")
+                    "(its first call builds the graph and takes longer)...")
             loss_a, loss_b = step_fn(batch)
+            if not traced:
+                traced = True
+                meter.restart_clock(global_step() + 1)
             loss_a, loss_b = float(loss_a), float(loss_b)
             if not (np.isfinite(loss_a) and np.isfinite(loss_b)):
                 last = manager.latest_checkpoint or "none (nothing was saved yet)"
@@ -323,20 +322,15 @@ def run_search(config: SearchConfig,
                     "Try a lower --weight_lr or --arch_lr.")
             step_var.assign_add(1)
             steps_run += 1
-            tick_steps += 1
             gs = global_step()
-            if tick_steps == config.log_every_steps or int(step_var) == steps_per_epoch:
-                now = time.perf_counter()
-                rate = tick_steps / max(now - tick, 1e-9)
-                eta = (total_steps - gs) / rate
+            if meter.step(gs) or int(step_var) == steps_per_epoch:
                 lr = float(model.weight_optimizer.learning_rate)
                 log(f"epoch {epoch + 1}/{config.epochs} step {int(step_var)}/{steps_per_epoch}"
                     f" | loss A {loss_a:.4f}" + (f" B {loss_b:.4f}" if update_arch else "")
-                    + f" | lr {lr:.5f} | {rate:.2f} steps/s | ETA {_format_eta(eta)}")
+                    + f" | lr {lr:.5f} | {meter.summary()}")
                 writer.scalars(gs, {"train/loss_a": loss_a, "train/loss_b": loss_b,
                                     "train/weight_lr": lr, "train/arch_lr": config.arch_lr,
-                                    "train/steps_per_second": rate})
-                tick, tick_steps = now, 0
+                                    "train/steps_per_second": meter.rate})
             if config.max_steps is not None and gs >= config.max_steps:
                 stopped = True
                 break
