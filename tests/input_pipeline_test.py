@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from auto_deeplab_tf import common
-from datasets import cityscapes, cli, input_pipeline as ip, registry, tfrecord_io
+from datasets import cityscapes, cli, input_pipeline as ip, registry
 from tests import data_helpers as h
 
 DESCRIPTOR = registry.get("cityscapes")

@@ -1,6 +1,5 @@
 """train.predict: colour PNGs in the dataset palette, Cityscapes labelIds PNGs."""
 
-import os
 
 import numpy as np
 import pytest
