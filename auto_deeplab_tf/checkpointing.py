@@ -24,19 +24,67 @@ def _key(path: str) -> str:
 
 
 class VariableBundle(tf.Module):
-    """A trackable dict {keras variable path: variable}; paths must be unique."""
+    """A trackable dict {keras variable path: variable}; paths must be unique.
 
-    def __init__(self, variables: Iterable, name: str | None = None):
+    `VariableBundle(variables)` keys each variable by its Keras `path` as it is. For a whole
+    model use `VariableBundle.for_model(model)`: some Keras variables (the state of the
+    `SeedGenerator` of a Dropout layer) get process-global paths ('seed_generator_N/...', N
+    counting the generators created so far in the process), which would make the keys depend
+    on what else the process built; `for_model` keys those by their owner in the model.
+    """
+
+    def __init__(self, variables: Iterable = (), name: str | None = None):
         super().__init__(name=name)
-        by_key = {}
+        self.variables_by_path = {}
         for v in variables:
+            self._add(getattr(v, "path", None) or v.name, v)
+
+    def _add(self, path: str, variable) -> None:
+        key = _key(path)
+        existing = self.variables_by_path.get(key)
+        if existing is not None and existing is not variable:
+            raise ValueError(f"two variables share the path '{path}'; give the layers "
+                             "unique names")
+        self.variables_by_path[key] = variable
+
+    @classmethod
+    def for_model(cls, model, name: str | None = None) -> "VariableBundle":
+        """Every variable of a Keras model, keyed so that the keys depend only on the model.
+
+        Variables whose path lies under the model's name keep it. A seed generator's state is
+        keyed by the path of the layer that owns the generator (layer names from the model
+        down) and the generator's index in that layer:
+        '<model>/<layer>/.../seed_generator_<i>/<variable name>'. Any other variable outside
+        the model's name scope is keyed by its order among those:
+        '<model>/unscoped_<i>/<variable name>'.
+        """
+        prefix = model.name + "/"
+        owned = {}  # id(variable) -> stable path
+
+        def walk(layer, path):
+            for i, generator in enumerate(getattr(layer, "_seed_generators", None) or ()):
+                state = generator.state
+                owned.setdefault(id(state), f"{path}/seed_generator_{i}/{_leaf(state)}")
+            for child in layer._flatten_layers(include_self=False, recursive=False):
+                walk(child, f"{path}/{child.name}")
+
+        walk(model, model.name)
+        bundle = cls(name=name)
+        unscoped = 0
+        for v in model.variables:
             path = getattr(v, "path", None) or v.name
-            key = _key(path)
-            if key in by_key and by_key[key] is not v:
-                raise ValueError(f"two variables share the path '{path}'; give the layers "
-                                 "unique names")
-            by_key[key] = v
-        self.variables_by_path = by_key
+            if path.startswith(prefix):
+                bundle._add(path, v)
+            elif id(v) in owned:
+                bundle._add(owned[id(v)], v)
+            else:
+                bundle._add(f"{model.name}/unscoped_{unscoped}/{_leaf(v)}", v)
+                unscoped += 1
+        return bundle
+
+
+def _leaf(variable) -> str:
+    return (getattr(variable, "path", None) or variable.name).split("/")[-1]
 
 
 def arch_values_from_checkpoint(checkpoint_path: str) -> tuple[np.ndarray, np.ndarray]:

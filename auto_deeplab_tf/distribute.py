@@ -1,15 +1,120 @@
-"""Choosing a tf.distribute strategy from a flag value."""
+"""Choosing a tf.distribute strategy from a flag value.
+
+`multi_worker` is tf.distribute.MultiWorkerMirroredStrategy over the cluster that the
+standard TF_CONFIG environment variable describes (docs/multi_worker.md). Every wait on
+other workers is bounded: the start-up wait for the cluster, the peer health checks and
+every collective op (CommunicationOptions.timeout_seconds), so a dead or hung worker makes
+the others fail instead of hanging; the job is then relaunched and resumes from the chief's
+latest checkpoint.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+
 import tensorflow as tf
 
-STRATEGIES = ("default", "one_device", "mirrored")
+STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
+COLLECTIVE_COMMUNICATIONS = ("auto", "ring", "nccl")
+# Bound on any one collective op, on the start-up wait for the cluster and (roughly) on
+# the time to notice a dead peer. Generous: it must cover the skew between workers, e.g.
+# the chief writing a checkpoint while the others already wait in the next step. Cost:
+# TensorFlow holds one sleeping thread per timed collective for the whole timeout (~16
+# collectives per search step measured), so fast steps want a shorter bound.
+DEFAULT_COLLECTIVE_TIMEOUT_S = 300.0
+
+_TF_CONFIG_EXAMPLE = ('TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+                      '"task": {"type": "worker", "index": 0}}\'')
 
 
-def make_strategy(name: str = "default") -> tf.distribute.Strategy:
+def parse_tf_config(raw: str | None = None) -> dict:
+    """The validated TF_CONFIG (from the environment when `raw` is None).
+
+    Raises:
+      ValueError: TF_CONFIG is missing, not JSON, or does not name this task in its cluster.
+    """
+    if raw is None:
+        raw = os.environ.get("TF_CONFIG", "")
+    if not raw.strip():
+        raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment variable, "
+                         "describing the cluster and this worker's place in it, e.g. "
+                         f"{_TF_CONFIG_EXAMPLE} (see docs/multi_worker.md)")
+    try:
+        config = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"TF_CONFIG is not valid JSON ({e}): {raw!r}; expected e.g. "
+                         f"{_TF_CONFIG_EXAMPLE}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"TF_CONFIG must be a JSON object, got {raw!r}")
+    cluster, task = config.get("cluster"), config.get("task")
+    if not isinstance(cluster, dict) or not cluster:
+        raise ValueError(f"TF_CONFIG has no 'cluster' (a dict of job name to host:port list): "
+                         f"{raw!r}")
+    for job, hosts in cluster.items():
+        if job not in ("chief", "worker"):
+            raise ValueError(f"TF_CONFIG: job '{job}' is not supported by --strategy=multi_"
+                             "worker (use 'worker', optionally plus one 'chief')")
+        if not isinstance(hosts, list) or not hosts or not all(
+                isinstance(h, str) and ":" in h for h in hosts):
+            raise ValueError(f"TF_CONFIG: cluster['{job}'] must be a non-empty list of "
+                             f"'host:port' strings, got {hosts!r}")
+    if len(cluster.get("chief", [])) > 1:
+        raise ValueError("TF_CONFIG: at most one 'chief' task")
+    if not isinstance(task, dict) or "type" not in task or "index" not in task:
+        raise ValueError(f"TF_CONFIG has no 'task' with 'type' and 'index' (which worker this "
+                         f"process is): {raw!r}")
+    if task["type"] not in cluster:
+        raise ValueError(f"TF_CONFIG: task type '{task['type']}' is not a job of the cluster "
+                         f"({', '.join(cluster)})")
+    if not isinstance(task["index"], int) or not 0 <= task["index"] < len(cluster[task["type"]]):
+        raise ValueError(f"TF_CONFIG: task index {task['index']!r} is out of range for the "
+                         f"{len(cluster[task['type']])} '{task['type']}' task(s)")
+    return config
+
+
+def _multi_worker(collective_communication: str, timeout_s: float | None
+                  ) -> tf.distribute.Strategy:
+    parse_tf_config()
+    if collective_communication == "nccl" and not tf.config.list_physical_devices("GPU"):
+        raise ValueError("--collective_communication=nccl needs GPUs; use auto or ring on CPUs")
+    implementation = {
+        "auto": tf.distribute.experimental.CommunicationImplementation.AUTO,
+        "ring": tf.distribute.experimental.CommunicationImplementation.RING,
+        "nccl": tf.distribute.experimental.CommunicationImplementation.NCCL,
+    }[collective_communication]
+    timeout = float(timeout_s) if timeout_s else None
+    options = tf.distribute.experimental.CommunicationOptions(
+        implementation=implementation, timeout_seconds=timeout)
+    if timeout:
+        # The start-up barrier and the peer health checks are class settings of TF's
+        # implementation (private, hence the guards): bound them by the same timeout.
+        from tensorflow.python.distribute import collective_all_reduce_strategy as cars
+
+        extended = getattr(cars, "CollectiveAllReduceExtended", None)
+        if extended is not None and hasattr(extended, "_check_health_initial_timeout"):
+            extended._check_health_initial_timeout = int(max(1, timeout))
+            extended._check_health_interval = max(1, min(30, int(timeout / 4)))
+            extended._check_health_timeout = max(1, min(10, int(timeout / 8)))
+    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+
+
+def make_strategy(name: str = "default", collective_communication: str = "auto",
+                  collective_timeout_s: float | None = DEFAULT_COLLECTIVE_TIMEOUT_S
+                  ) -> tf.distribute.Strategy:
     """default: mirrored over the visible GPUs, else the CPU; one_device: the first GPU or the
-    CPU; mirrored: every visible GPU, else every (logical) CPU device."""
+    CPU; mirrored: every visible GPU, else every (logical) CPU device; multi_worker:
+    MultiWorkerMirroredStrategy over the TF_CONFIG cluster (all local GPUs, else the CPU,
+    of every worker), with `collective_communication` (auto, ring or nccl) and every
+    collective op bounded by `collective_timeout_s` (None or 0: unbounded).
+
+    multi_worker must be created before TensorFlow runs any op in the process.
+    """
+    if collective_communication not in COLLECTIVE_COMMUNICATIONS:
+        raise ValueError(f"--collective_communication={collective_communication}: expected one "
+                         f"of {', '.join(COLLECTIVE_COMMUNICATIONS)}")
+    if name == "multi_worker":
+        return _multi_worker(collective_communication, collective_timeout_s)
     gpus = tf.config.list_logical_devices("GPU")
     cpus = tf.config.list_logical_devices("CPU")
     if name == "default":
@@ -26,3 +131,20 @@ def make_strategy(name: str = "default") -> tf.distribute.Strategy:
             devices, cross_device_ops=None if gpus else tf.distribute.ReductionToOneDevice())
     raise ValueError(f"--strategy={name}: unknown strategy, expected one of "
                      f"{', '.join(STRATEGIES)}")
+
+
+def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and \
+        strategy.extended._in_multi_worker_mode()  # noqa: SLF001 (no public accessor)
+
+
+def worker_role(strategy: tf.distribute.Strategy) -> tuple[bool, str, int]:
+    """(is_chief, task type, task index); single-process strategies are the chief."""
+    if not is_multi_worker(strategy):
+        return True, "chief", 0
+    resolver = strategy.cluster_resolver
+    task_type, task_id = resolver.task_type, int(resolver.task_id)
+    jobs = resolver.cluster_spec().as_dict()
+    chief = task_type == "chief" or (task_type == "worker" and task_id == 0
+                                     and "chief" not in jobs)
+    return chief, task_type, task_id

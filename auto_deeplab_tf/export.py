@@ -33,6 +33,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from auto_deeplab_tf import checkpointing
 from auto_deeplab_tf import evaluation
 from auto_deeplab_tf import retrain as retrain_lib
 
@@ -65,7 +66,7 @@ class SegmentationModule(tf.Module):
                  add_flipped_images: bool = False):
         super().__init__(name="auto_deeplab")
         # Every weight, by path: tracking `model` itself would miss list-held sublayers.
-        self.model_variables = retrain_lib.model_variable_bundle(model)
+        self.model_variables = checkpointing.VariableBundle.for_model(model)
         self._metadata_dir = tempfile.mkdtemp(prefix="auto_deeplab_export_")
         path = os.path.join(self._metadata_dir, METADATA_FILENAME)
         with open(path, "w", encoding="utf-8") as f:

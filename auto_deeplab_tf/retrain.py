@@ -115,6 +115,11 @@ class RetrainConfig:
         if self.strategy not in distribute.STRATEGIES:
             raise ValueError(f"--strategy={self.strategy}: unknown strategy, expected one of "
                              f"{', '.join(distribute.STRATEGIES)}")
+        if self.strategy == "multi_worker":
+            # Every worker would write MODEL_DIR at once: retraining has no chief-only
+            # checkpointing yet (search has).
+            raise ValueError("--strategy=multi_worker: multi-worker retraining is not "
+                             "supported yet; use default, one_device or mirrored")
 
 
 @dataclasses.dataclass
@@ -182,22 +187,9 @@ def resolve_checkpoint(model_dir: str, checkpoint_path: str | None = None) -> st
     return path
 
 
-def model_variable_bundle(model: keras.Model) -> checkpointing.VariableBundle:
-    """Every variable of `model`, keyed by path, with stable keys for variables that Keras
-    names process-wide rather than under the model (the dropout's SeedGenerator state is
-    'seed_generator_N/...', N counting the generators made so far in the process)."""
-    prefix = model.name + "/"
-    own = [v for v in model.variables if v.path.startswith(prefix)]
-    bundle = checkpointing.VariableBundle(own)
-    others = [v for v in model.variables if not v.path.startswith(prefix)]
-    for i, v in enumerate(others):
-        bundle.variables_by_path[f"{model.name}|unscoped_{i}|{v.path.split('/')[-1]}"] = v
-    return bundle
-
-
 def restore_model(model: keras.Model, checkpoint_path: str) -> None:
     """Loads the model's weights (only) from a retraining checkpoint; fails on any miss."""
-    checkpoint = tf.train.Checkpoint(model=model_variable_bundle(model))
+    checkpoint = tf.train.Checkpoint(model=checkpointing.VariableBundle.for_model(model))
     status = checkpoint.restore(checkpoint_path)
     status.expect_partial()  # the optimizer and the step are not wanted here
     status.assert_existing_objects_matched()
@@ -337,7 +329,7 @@ def run_retrain(config: RetrainConfig,
     # Read and written only from Python, between steps: a plain variable, not a mirrored one.
     step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
     checkpoint = tf.train.Checkpoint(
-        model=model_variable_bundle(model),
+        model=checkpointing.VariableBundle.for_model(model),
         optimizer=checkpointing.VariableBundle(optimizer.variables),
         global_step=step_var)
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, CHECKPOINT_SUBDIR),

@@ -11,6 +11,13 @@
 * decodes alpha/beta after every epoch, writes MODEL_DIR/architecture.json and
   MODEL_DIR/architectures/epoch_NNN.json, and says when the architecture changed;
 * logs scalars, softmax(alpha), the beta trellis and the genotype to TensorBoard.
+
+With --strategy=multi_worker (MultiWorkerMirroredStrategy, docs/multi_worker.md) every
+worker runs this same loop on its shard of each global batch. Only the chief writes
+MODEL_DIR (checkpoints, search_config.json, search_split.json, TensorBoard, architecture
+JSON); the others save their checkpoints, which involves collectives, to a temporary
+local directory deleted right after, and every worker resumes from the chief's
+MODEL_DIR/checkpoints, so MODEL_DIR must be storage every worker can read (NFS, GCS).
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
+import tempfile
 import time
 from typing import Callable
 
@@ -79,6 +88,8 @@ class SearchConfig:
     max_steps: int | None = None  # stop (after checkpointing) once this many steps are done
     deterministic: bool = False
     jit_compile: bool = False
+    collective_communication: str = "auto"  # multi_worker: auto, ring or nccl
+    collective_timeout_s: float = distribute.DEFAULT_COLLECTIVE_TIMEOUT_S  # 0: unbounded
 
     def validate(self) -> None:
         positive = ("epochs", "batch_size", "crop_size", "filter_multiplier", "num_layers",
@@ -97,6 +108,13 @@ class SearchConfig:
         if self.strategy not in distribute.STRATEGIES:
             raise ValueError(f"--strategy={self.strategy}: unknown strategy, expected one of "
                              f"{', '.join(distribute.STRATEGIES)}")
+        if self.collective_communication not in distribute.COLLECTIVE_COMMUNICATIONS:
+            raise ValueError(f"--collective_communication={self.collective_communication}: "
+                             "expected one of "
+                             f"{', '.join(distribute.COLLECTIVE_COMMUNICATIONS)}")
+        if self.collective_timeout_s < 0:
+            raise ValueError(f"--collective_timeout_s must be >= 0, got "
+                             f"{self.collective_timeout_s}")
 
 
 @dataclasses.dataclass
@@ -105,9 +123,11 @@ class SearchResult:
     metadata: dict
     completed: bool  # False when stopped early by max_steps
     global_step: int
+    alpha: np.ndarray | None = None  # the final architecture parameters
+    beta: np.ndarray | None = None
 
 
-def _check_resume_config(config: SearchConfig, model_dir: str) -> None:
+def _check_resume_config(config: SearchConfig, model_dir: str, write: bool = True) -> None:
     path = os.path.join(model_dir, CONFIG_FILENAME)
     current = dataclasses.asdict(config)
     if tf.io.gfile.exists(path):
@@ -119,6 +139,8 @@ def _check_resume_config(config: SearchConfig, model_dir: str) -> None:
                     f"{path}: this run has --{key}={current[key]} but {model_dir} holds a "
                     f"search with --{key}={saved[key]}; resume with the same settings or use "
                     "another --model_dir")
+    if not write:
+        return
     tmp = f"{path}.tmp"
     with tf.io.gfile.GFile(tmp, "w") as f:
         json.dump(current, f, indent=2)
@@ -165,8 +187,10 @@ def make_step_function(model: SearchModel, strategy: tf.distribute.Strategy,
 class _Writer:
     """TensorBoard summaries of a search run."""
 
-    def __init__(self, model_dir: str):
-        self.writer = tf.summary.create_file_writer(model_dir)
+    def __init__(self, model_dir: str | None):
+        # None: a non-chief worker, which writes nothing.
+        self.writer = (tf.summary.create_file_writer(model_dir) if model_dir
+                       else tf.summary.create_noop_writer())
 
     def scalars(self, step: int, values: dict) -> None:
         with self.writer.as_default(step=step):
@@ -199,7 +223,18 @@ def run_search(config: SearchConfig,
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
-    strategy = distribute.make_strategy(config.strategy)
+    strategy = distribute.make_strategy(config.strategy, config.collective_communication,
+                                        config.collective_timeout_s)
+    is_chief, task_type, task_id = distribute.worker_role(strategy)
+    multi_worker = distribute.is_multi_worker(strategy)
+    if multi_worker:
+        outer_log = log
+
+        def log(line: str) -> None:
+            outer_log(f"[{task_type} {task_id}] {line}")
+
+        log(f"multi-worker search: {strategy.num_replicas_in_sync} replicas in all, "
+            f"{'chief: writes' if is_chief else 'not the chief: reads'} {model_dir}")
 
     ignore_label = 255
     if dataset_fn is None:
@@ -210,7 +245,7 @@ def run_search(config: SearchConfig,
         num_classes = descriptor.num_classes
         ignore_label = descriptor.ignore_label
         available = input_pipeline.search_steps_per_epoch(
-            descriptor, data_dir, model_dir, config.batch_size, config.seed)
+            descriptor, data_dir, model_dir, config.batch_size, config.seed, write=is_chief)
         if available < 1:
             raise ValueError(f"--batch_size={config.batch_size} is larger than each half of "
                              f"the {config.dataset} train split")
@@ -219,31 +254,66 @@ def run_search(config: SearchConfig,
             return input_pipeline.search_datasets(
                 descriptor, data_dir, model_dir, batch_size=config.batch_size,
                 crop_size=config.crop_size, scale=config.scale, seed=config.seed,
-                epoch=epoch)
+                epoch=epoch, write_split=is_chief)
     else:
         available = config.steps_per_epoch
         if available is None or num_classes is None:
             raise ValueError("a custom dataset_fn needs steps_per_epoch and num_classes")
     steps_per_epoch = min(available, config.steps_per_epoch or available)
     total_steps = config.epochs * steps_per_epoch
-    _check_resume_config(config, model_dir)
+    _check_resume_config(config, model_dir, write=is_chief)
 
     with strategy.scope():
         model = build_search_model(config, num_classes, total_steps, ignore_label)
-        epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
+    # Host-side counters, outside the strategy scope: plain variables that int() can read
+    # (the same value on every worker; a mirrored one has no __int__).
+    epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+    step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
     checkpoint = tf.train.Checkpoint(
         model=checkpointing.VariableBundle(model.variables),
         weight_optimizer=checkpointing.VariableBundle(model.weight_optimizer.variables),
         arch_optimizer=checkpointing.VariableBundle(model.arch_optimizer.variables),
         epoch=epoch_var, step_in_epoch=step_var)
-    manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, CHECKPOINT_SUBDIR),
-                                         max_to_keep=3)
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        log(f"resumed from {manager.latest_checkpoint} at epoch {int(epoch_var) + 1}, step "
+    chief_dir = os.path.join(model_dir, CHECKPOINT_SUBDIR)
+    # Saving involves collectives, so every worker saves; a non-chief into a private local
+    # directory that is deleted after each save and at the end.
+    save_dir = chief_dir if is_chief else tempfile.mkdtemp(
+        prefix=f"search_{task_type}{task_id}_ckpt_")
+    try:
+        return _search_loop(config, model, strategy, checkpoint, epoch_var, step_var,
+                            chief_dir, save_dir, is_chief, multi_worker, steps_per_epoch,
+                            total_steps, dataset_fn, log)
+    finally:
+        if not is_chief:
+            shutil.rmtree(save_dir, ignore_errors=True)
+
+
+def _agreed_step(strategy: tf.distribute.Strategy, value: int) -> tuple[int, int]:
+    """(min, max) of `value` over the replicas (a collective: every worker must call it)."""
+    per_replica = strategy.run(lambda: tf.constant([float(value)], tf.float32))
+    values = strategy.gather(per_replica, axis=0).numpy()
+    return int(values.min()), int(values.max())
+
+
+def _search_loop(config, model, strategy, checkpoint, epoch_var, step_var, chief_dir,
+                 save_dir, is_chief, multi_worker, steps_per_epoch, total_steps, dataset_fn,
+                 log) -> SearchResult:
+    model_dir = config.model_dir
+    manager = tf.train.CheckpointManager(checkpoint, save_dir, max_to_keep=3)
+    latest = tf.train.latest_checkpoint(chief_dir)  # every worker resumes from the chief's
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+        log(f"resumed from {latest} at epoch {int(epoch_var) + 1}, step "
             f"{int(step_var)} of {steps_per_epoch}")
-    writer = _Writer(model_dir)
+    if multi_worker:
+        restored = int(epoch_var) * steps_per_epoch + int(step_var)
+        low, high = _agreed_step(strategy, restored)
+        if low != high:
+            raise ValueError(
+                f"the workers resumed from different steps ({low} to {high}; this one from "
+                f"{latest or 'scratch'}): every worker must read the chief's "
+                f"{chief_dir}, so --model_dir must be shared storage (NFS, GCS)")
+    writer = _Writer(model_dir if is_chief else None)
     step_fns = {}
     previous_arch = None
     arch_path = os.path.join(model_dir, common.ARCHITECTURE_FILENAME)
@@ -254,7 +324,11 @@ def run_search(config: SearchConfig,
         return int(epoch_var) * steps_per_epoch + int(step_var)
 
     def save() -> str:
-        return manager.save(checkpoint_number=global_step())
+        path = manager.save(checkpoint_number=global_step())
+        if not is_chief:  # only the chief's copy is kept
+            shutil.rmtree(save_dir, ignore_errors=True)
+            path = os.path.join(chief_dir, os.path.basename(path))
+        return path
 
     def finish_epoch(epoch: int) -> None:
         nonlocal previous_arch
@@ -262,9 +336,10 @@ def run_search(config: SearchConfig,
         beta = model.beta.numpy()
         arch, meta = decoding.decode_architecture(alpha, beta)
         meta.update(epoch=epoch + 1, global_step=global_step())
-        arch.save(arch_path, meta)
-        arch.save(os.path.join(model_dir, EPOCH_ARCH_SUBDIR, f"epoch_{epoch + 1:03d}.json"),
-                  meta)
+        if is_chief:
+            arch.save(arch_path, meta)
+            arch.save(os.path.join(model_dir, EPOCH_ARCH_SUBDIR,
+                                   f"epoch_{epoch + 1:03d}.json"), meta)
         if previous_arch is None or arch != previous_arch:
             what = "first decoded" if previous_arch is None else "changed"
             log(f"epoch {epoch + 1}: architecture {what}: path {list(arch.path)}, cell "
@@ -314,7 +389,7 @@ def run_search(config: SearchConfig,
                 meter.restart_clock(global_step() + 1)
             loss_a, loss_b = float(loss_a), float(loss_b)
             if not (np.isfinite(loss_a) and np.isfinite(loss_b)):
-                last = manager.latest_checkpoint or "none (nothing was saved yet)"
+                last = tf.train.latest_checkpoint(chief_dir) or "none (nothing was saved yet)"
                 raise SearchDiverged(
                     f"loss became NaN or Inf at epoch {epoch + 1}, step "
                     f"{int(step_var) + 1} (loss A {loss_a}, loss B {loss_b}); stopping. "
@@ -352,4 +427,4 @@ def run_search(config: SearchConfig,
     log(f"search {'finished' if not stopped else 'paused'} after {steps_run} steps in "
         f"{elapsed:.0f} s")
     return SearchResult(arch, meta, completed=int(epoch_var) >= config.epochs,
-                        global_step=global_step())
+                        global_step=global_step(), alpha=alpha, beta=beta)

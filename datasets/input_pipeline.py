@@ -109,11 +109,14 @@ def _write_json_atomically(path: str, payload: dict) -> None:
 
 
 def search_split(descriptor: DatasetDescriptor, data_dir: str, model_dir: str, seed: int,
-                 *, split: str = "train") -> tuple[list[str], list[str]]:
+                 *, split: str = "train", write: bool = True) -> tuple[list[str], list[str]]:
     """The disjoint halves (trainA, trainB) of `split`, as sorted example names.
 
     The first call draws them with `seed` and writes model_dir/search_split.json; later calls
-    (a resumed run) read that file, so the halves never change within a run.
+    (a resumed run) read that file, so the halves never change within a run. With
+    `write=False` (the non-chief workers of a multi-worker search) a missing file is not
+    written: the halves are drawn the same way, a function of (names, seed) only, so every
+    worker uses the chief's split without racing it for the file.
 
     Raises:
       ValueError: the file was written for another dataset, split or seed, or names in it
@@ -146,6 +149,8 @@ def search_split(descriptor: DatasetDescriptor, data_dir: str, model_dir: str, s
     half = (len(names) + 1) // 2
     train_a = sorted(names[i] for i in order[:half])
     train_b = sorted(names[i] for i in order[half:])
+    if not write:
+        return train_a, train_b
     tf.io.gfile.makedirs(model_dir)
     _write_json_atomically(path, {"dataset": descriptor.name, "split": split, "seed": seed,
                                   "train_a": train_a, "train_b": train_b})
@@ -153,9 +158,11 @@ def search_split(descriptor: DatasetDescriptor, data_dir: str, model_dir: str, s
 
 
 def search_steps_per_epoch(descriptor: DatasetDescriptor, data_dir: str, model_dir: str,
-                           batch_size: int, seed: int, *, split: str = "train") -> int:
+                           batch_size: int, seed: int, *, split: str = "train",
+                           write: bool = True) -> int:
     """Batches per search epoch: pairs (A, B) until the smaller half runs out."""
-    train_a, train_b = search_split(descriptor, data_dir, model_dir, seed, split=split)
+    train_a, train_b = search_split(descriptor, data_dir, model_dir, seed, split=split,
+                                    write=write)
     return min(len(train_a), len(train_b)) // batch_size
 
 
@@ -285,6 +292,7 @@ def search_datasets(
     epoch: int = 0,
     split: str = "train",
     shuffle_buffer: int = 256,
+    write_split: bool = True,
 ) -> tf.data.Dataset:
     """One search epoch of paired batches ((images_a, labels_a), (images_b, labels_b)).
 
@@ -298,8 +306,14 @@ def search_datasets(
     Args:
       shuffle_buffer: examples held for shuffling per half (encoded, ~2 MB each on
         Cityscapes); the file order is permuted per epoch as well.
+      write_split: whether a missing search_split.json may be written (`search_split`).
+
+    Under MultiWorkerMirroredStrategy every worker builds this same dataset and
+    `experimental_distribute_dataset` shards it by data (the policy set here): each worker
+    takes its replicas' slices of every global batch, so `batch_size` stays global.
     """
-    train_a, train_b = search_split(descriptor, data_dir, model_dir, seed, split=split)
+    train_a, train_b = search_split(descriptor, data_dir, model_dir, seed, split=split,
+                                    write=write_split)
     files = split_files(descriptor, data_dir, split)
     halves = [
         _training_stream(files, names, seed=seed, epoch=epoch, stream=stream,

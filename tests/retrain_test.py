@@ -95,3 +95,12 @@ def test_bad_flags_name_the_flag(tmp_path):
     assert bad.returncode != 0 and "--architecture" in bad.stderr
     bad = sh.run_module("train.retrain", "--dataset=cityscapes", f"--model_dir={tmp_path / 'c'}")
     assert bad.returncode != 0 and "--data_dir" in bad.stderr
+
+
+def test_multi_worker_retraining_is_refused_until_supported(tmp_path):
+    bad = sh.run_module("train.retrain", "--dataset=demo", f"--model_dir={tmp_path / 'mw'}",
+                        "--strategy=multi_worker")
+    assert bad.returncode != 0
+    assert ("--strategy=multi_worker: multi-worker retraining is not supported yet; use "
+            "default, one_device or mirrored") in bad.stderr
+    assert not (tmp_path / "mw" / "checkpoints").exists()

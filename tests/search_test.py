@@ -132,7 +132,7 @@ def test_resume_with_other_model_settings_is_refused(tmp_path):
     ("scale", 0.0, "--scale must be in (0, 4], got 0.0"),
     ("max_steps", 0, "--max_steps must be >= 1, got 0"),
     ("strategy", "tpu", "--strategy=tpu: unknown strategy, expected one of default, "
-                        "one_device, mirrored"),
+                        "one_device, mirrored, multi_worker"),
 ])
 def test_bad_settings_name_the_flag(tmp_path, field, value, message):
     with pytest.raises(ValueError) as e:

@@ -11,8 +11,10 @@ the same --model_dir resumes. Open --model_dir in TensorBoard to watch the archi
 
 from __future__ import annotations
 
+import os
 import sys
 
+import tensorflow as tf
 from absl import app
 from absl import flags
 
@@ -48,7 +50,18 @@ _ARCH_DECAY = flags.DEFINE_float("arch_weight_decay", 1e-3, "L2 weight decay of 
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the initialisation, the A/B split and the "
                              "data order.")
 _STRATEGY = flags.DEFINE_enum("strategy", "default", list(distribute.STRATEGIES),
-                              "default: mirrored over the visible GPUs, else the CPU.")
+                              "default: mirrored over the visible GPUs, else the CPU; "
+                              "multi_worker: MultiWorkerMirroredStrategy over the cluster in "
+                              "the TF_CONFIG environment variable (docs/multi_worker.md).")
+_COLLECTIVE = flags.DEFINE_enum("collective_communication", "auto",
+                                list(distribute.COLLECTIVE_COMMUNICATIONS),
+                                "--strategy=multi_worker: the all-reduce implementation "
+                                "(auto picks NCCL on GPUs, ring otherwise).")
+_COLLECTIVE_TIMEOUT = flags.DEFINE_float(
+    "collective_timeout_s", distribute.DEFAULT_COLLECTIVE_TIMEOUT_S,
+    "--strategy=multi_worker: bound in seconds on each collective op and on the start-up "
+    "wait for the other workers, so a dead or hung worker fails the job instead of hanging "
+    "it (0: unbounded).")
 _STEPS_PER_EPOCH = flags.DEFINE_integer("steps_per_epoch", None, "Cap on steps per epoch "
                                         "(default: every pair of the A/B halves).")
 _CKPT_EVERY = flags.DEFINE_integer("checkpoint_every_steps", 100, "Checkpoint interval within "
@@ -74,7 +87,7 @@ def config_from_flags() -> search_lib.SearchConfig:
         "num_layers", "num_blocks", "num_levels", "weight_lr", "weight_lr_min", "momentum",
         "weight_decay", "arch_lr", "arch_weight_decay", "seed", "strategy", "steps_per_epoch",
         "checkpoint_every_steps", "log_every_steps", "max_steps", "deterministic",
-        "jit_compile")}
+        "jit_compile", "collective_communication", "collective_timeout_s")}
     from datasets import registry  # imported late: --help must not need the data layer
 
     try:
@@ -100,6 +113,16 @@ def main(argv):
     except (ValueError, search_lib.SearchDiverged) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except tf.errors.OpError as e:
+        if config.strategy != "multi_worker":
+            raise
+        # A worker died or a collective timed out: the other workers cannot go on alone.
+        print(f"error: multi-worker search failed ({type(e).__name__}: {e.message}); "
+              "relaunch every worker with the same command: they resume from the chief's "
+              f"last checkpoint in {config.model_dir}/checkpoints", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)  # collectives may still hold threads that block a normal exit
     if result.completed:
         print(f"\nDecoded architecture (written to {config.model_dir}/architecture.json):")
         print(result.architecture.to_json(result.metadata))

@@ -1,0 +1,261 @@
+"""Multi-worker search: two local CPU workers (MultiWorkerMirroredStrategy over 127.0.0.1).
+
+Each worker is a subprocess (tests/multi_worker_entry.py) running `run_search` on the tiny
+config and synthetic data of tests/search_test.py. Every wait is bounded and every process
+is killed in a `finally`, so a hung collective fails the test instead of hanging CI.
+"""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import types
+
+import numpy as np
+import pytest
+
+from auto_deeplab_tf import distribute
+from datasets import input_pipeline
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN_TIMEOUT_S = 150  # one whole run of a worker (start-up and tracing included)
+# Small bound on collectives and the cluster start-up so a dead peer is noticed quickly.
+COLLECTIVE_TIMEOUT_S = 30
+
+
+def free_ports(n):
+    """n distinct free loopback ports (all bound at once, then released)."""
+    sockets = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def tf_config(ports, index):
+    return json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                       "task": {"type": "worker", "index": index}})
+
+
+class Cluster:
+    """Worker subprocesses of one job; their logs go to files under `out`."""
+
+    def __init__(self, out, ports):
+        self.out, self.ports, self.procs, self.attempt = out, ports, {}, 0
+        os.makedirs(out, exist_ok=True)
+
+    def start(self, model_dir, overrides, *, duplicate=False, step_delay=0.0,
+              multi_worker=True):
+        self.attempt += 1
+        indices = range(len(self.ports)) if multi_worker else [0]
+        for i in indices:
+            env = dict(os.environ, PYTHONPATH=REPO, CUDA_VISIBLE_DEVICES="",
+                       TF_CPP_MIN_LOG_LEVEL="2", TMPDIR=self.tmpdir(i))
+            env.pop("TF_CONFIG", None)
+            if multi_worker:
+                env["TF_CONFIG"] = tf_config(self.ports, i)
+            os.makedirs(env["TMPDIR"], exist_ok=True)
+            cmd = [sys.executable, "-m", "tests.multi_worker_entry",
+                   f"--model_dir={model_dir}", f"--out={self.result_path(i)}",
+                   f"--overrides={json.dumps(overrides)}", f"--step_delay={step_delay}"]
+            if duplicate:
+                cmd.append("--duplicate")
+            with open(self.log_path(i), "w") as log:
+                self.procs[i] = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log,
+                                                 stderr=subprocess.STDOUT)
+
+    def tmpdir(self, i):
+        return os.path.join(self.out, f"tmp{i}")
+
+    def log_path(self, i):
+        return os.path.join(self.out, f"worker{i}.attempt{self.attempt}.log")
+
+    def result_path(self, i):
+        return os.path.join(self.out, f"worker{i}.attempt{self.attempt}.npz")
+
+    def log(self, i):
+        with open(self.log_path(i)) as f:
+            return f.read()
+
+    def wait(self, indices=None, timeout=RUN_TIMEOUT_S):
+        """Exit codes of the given workers; fails (with their logs) past `timeout`."""
+        deadline = time.monotonic() + timeout
+        codes = {}
+        for i in (self.procs if indices is None else indices):
+            try:
+                codes[i] = self.procs[i].wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.kill_all()
+                pytest.fail(f"worker {i} still running after {timeout} s (hung collective?)\n"
+                            + self.logs())
+        return codes
+
+    def kill(self, i):
+        p = self.procs.get(i)
+        if p is not None and p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+            p.wait(timeout=30)
+
+    def kill_all(self):
+        for i in list(self.procs):
+            self.kill(i)
+
+    def logs(self):
+        return "\n".join(f"--- worker {i}:\n{self.log(i)[-3000:]}" for i in self.procs)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = Cluster(str(tmp_path / "workers"), free_ports(2))
+    try:
+        yield c
+    finally:
+        c.kill_all()
+
+
+def final_losses(log):
+    """(loss A, loss B) of the last epoch summary line of a worker's log."""
+    found = re.findall(r"done: loss A ([0-9.]+), mIoU A [0-9.]+, loss B ([0-9.]+)", log)
+    assert found, log[-3000:]
+    return [float(x) for x in found[-1]]
+
+
+def latest_step(checkpoint_dir):
+    """The step of the chief's latest checkpoint (from the CheckpointManager state file)."""
+    try:
+        with open(os.path.join(checkpoint_dir, "checkpoint")) as f:
+            match = re.search(r'^model_checkpoint_path: ".*ckpt-(\d+)"', f.read(), re.M)
+    except FileNotFoundError:
+        return None
+    return int(match.group(1)) if match else None
+
+
+def test_two_workers_agree_match_one_process_and_only_the_chief_writes(tmp_path, cluster):
+    """Same global batch (2) on one process and on 2 workers (one sample each).
+
+    As in search_test.test_mirrored_over_two_cpus_matches_one_device, each batch holds two
+    copies of one image, so every worker's batch-norm statistics equal the single-process
+    ones and the runs differ only by float reduction order. Tolerance: rtol 1e-3 on the
+    epoch's mean losses (logged with 4 decimals) and atol 1e-3 on alpha/beta after 2
+    bilevel steps (which moved alpha by ~7e-3); measured: losses equal to 4 decimals,
+    alpha/beta within ~2e-4. The two workers' alpha/beta are mirrored: bitwise equal.
+    """
+    overrides = dict(epochs=1, arch_start_epoch=0, steps_per_epoch=2, weight_lr=0.01,
+                     arch_lr=3e-3, collective_timeout_s=COLLECTIVE_TIMEOUT_S)
+    model_dir = tmp_path / "multi"
+    cluster.start(str(model_dir), dict(overrides, strategy="multi_worker"), duplicate=True)
+    assert cluster.wait() == {0: 0, 1: 0}, cluster.logs()
+    logs = [cluster.log(0), cluster.log(1)]
+    workers = [np.load(cluster.result_path(i)) for i in (0, 1)]
+    assert "[worker 0] multi-worker search: 2 replicas in all, chief" in logs[0]
+    assert "[worker 1] multi-worker search: 2 replicas in all, not the chief" in logs[1]
+
+    # Only the chief wrote MODEL_DIR; the other worker's temporary checkpoints are gone.
+    assert latest_step(model_dir / "checkpoints") == 2
+    assert (model_dir / "architecture.json").exists()
+    assert os.listdir(model_dir / "architectures") == ["epoch_001.json"]
+    assert len([f for f in os.listdir(model_dir) if f.startswith("events.out")]) == 1
+    assert not [f for f in os.listdir(model_dir / "checkpoints") if "worker" in f]
+    assert not [f for f in os.listdir(cluster.tmpdir(1)) if f.startswith("search_worker")]
+
+    for key in ("alpha", "beta"):
+        np.testing.assert_array_equal(workers[0][key], workers[1][key])
+    assert final_losses(logs[0]) == final_losses(logs[1])
+
+    cluster.start(str(tmp_path / "single"), dict(overrides, strategy="one_device"),
+                  duplicate=True, multi_worker=False)
+    assert cluster.wait([0]) == {0: 0}, cluster.log(0)
+    single = np.load(cluster.result_path(0))
+    np.testing.assert_allclose(final_losses(logs[0]), final_losses(cluster.log(0)), rtol=1e-3)
+    np.testing.assert_allclose(workers[0]["alpha"], single["alpha"], atol=1e-3)
+    np.testing.assert_allclose(workers[0]["beta"], single["beta"], atol=1e-3)
+    assert np.abs(single["alpha"]).max() > 3e-3  # alpha did move (2 Adam steps of 3e-3)
+
+
+def test_a_killed_worker_fails_the_job_and_the_relaunch_resumes(tmp_path, cluster):
+    overrides = dict(strategy="multi_worker", epochs=2, arch_start_epoch=1, steps_per_epoch=4,
+                     checkpoint_every_steps=1, collective_timeout_s=COLLECTIVE_TIMEOUT_S)
+    model_dir = tmp_path / "run"
+    checkpoints = model_dir / "checkpoints"
+    # Slowed to ~0.5 s a step after tracing so that the kill lands mid-run.
+    cluster.start(str(model_dir), overrides, step_delay=0.5)
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while (latest_step(checkpoints) or 0) < 2:
+        if time.monotonic() > deadline or any(p.poll() is not None
+                                              for p in cluster.procs.values()):
+            pytest.fail("no checkpoint at step >= 2 while both workers ran\n" + cluster.logs())
+        time.sleep(0.1)
+    cluster.kill(1)
+    killed_at = latest_step(checkpoints)
+    assert killed_at < 8
+    # The chief notices (peer health check or collective timeout) and fails: it must not
+    # hang nor finish the search alone.
+    codes = cluster.wait([0], timeout=4 * COLLECTIVE_TIMEOUT_S)
+    assert codes[0] != 0, cluster.log(0)
+    assert "distributed run failed" in cluster.log(0)
+    assert not (model_dir / "architectures" / "epoch_002.json").exists()
+
+    # Relaunch the whole job with the same command: both workers resume from the chief's
+    # latest checkpoint (the non-chief reads the chief's directory) and finish.
+    resumed_at = latest_step(checkpoints)
+    cluster.start(str(model_dir), overrides)
+    assert cluster.wait() == {0: 0, 1: 0}, cluster.logs()
+    for i in (0, 1):
+        log = cluster.log(i)
+        assert re.search(rf"\[worker {i}\] resumed from {re.escape(str(checkpoints))}"
+                         rf"/ckpt-{resumed_at} at epoch", log), log[-3000:]
+    results = [np.load(cluster.result_path(i)) for i in (0, 1)]
+    assert all(bool(r["completed"]) and int(r["global_step"]) == 8 for r in results)
+    for key in ("alpha", "beta"):
+        np.testing.assert_array_equal(results[0][key], results[1][key])
+    assert latest_step(checkpoints) == 8
+    assert (model_dir / "architectures" / "epoch_002.json").exists()
+
+
+def test_non_chief_workers_use_the_same_split_without_writing_it(tmp_path, monkeypatch):
+    names = [f"image_{i:02d}" for i in range(11)]
+    monkeypatch.setattr(input_pipeline, "split_names", lambda *args, **kwargs: names)
+    descriptor = types.SimpleNamespace(name="fake")
+    path = tmp_path / "search_split.json"
+    other = input_pipeline.search_split(descriptor, "data", str(tmp_path), 7, write=False)
+    assert not path.exists()
+    chief = input_pipeline.search_split(descriptor, "data", str(tmp_path), 7)
+    assert path.exists() and chief == other
+    assert input_pipeline.search_split(descriptor, "data", str(tmp_path), 7,
+                                       write=False) == chief
+    assert sorted(chief[0] + chief[1]) == names and not set(chief[0]) & set(chief[1])
+
+
+@pytest.mark.parametrize("raw,message", [
+    ("", "--strategy=multi_worker needs the TF_CONFIG environment variable"),
+    ("{cluster", "TF_CONFIG is not valid JSON"),
+    ('{"task": {"type": "worker", "index": 0}}', "TF_CONFIG has no 'cluster'"),
+    ('{"cluster": {"worker": ["a:1", "b:2"]}}', "TF_CONFIG has no 'task'"),
+    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 1}}',
+     "TF_CONFIG: task index 1 is out of range for the 1 'worker' task(s)"),
+    ('{"cluster": {"worker": ["a"]}, "task": {"type": "worker", "index": 0}}',
+     "TF_CONFIG: cluster['worker'] must be a non-empty list of 'host:port' strings"),
+    ('{"cluster": {"ps": ["a:1"]}, "task": {"type": "ps", "index": 0}}',
+     "TF_CONFIG: job 'ps' is not supported"),
+])
+def test_a_missing_or_malformed_tf_config_is_named(monkeypatch, raw, message):
+    monkeypatch.setenv("TF_CONFIG", raw)
+    with pytest.raises(ValueError) as e:
+        distribute.make_strategy("multi_worker")
+    assert message in str(e.value)
+
+
+def test_bad_collective_communication_is_named():
+    with pytest.raises(ValueError) as e:
+        distribute.make_strategy("multi_worker", collective_communication="gloo")
+    assert str(e.value) == ("--collective_communication=gloo: expected one of auto, ring, "
+                            "nccl")
