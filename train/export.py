@@ -13,10 +13,11 @@ Inspect with `saved_model_cli show --dir EXPORT_DIR --all`.
 from __future__ import annotations
 
 import os
-import sys
 
 from absl import app
 from absl import flags
+
+from train import cli
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "--model_dir of a train.retrain run.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint_path", None, "Checkpoint prefix or directory "
@@ -76,15 +77,7 @@ def run(log=print) -> int:
     return 0
 
 
-def main(argv):
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
-        return 2
-    try:
-        return run()
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+main = cli.main_from(run)
 
 
 if __name__ == "__main__":

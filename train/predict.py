@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import glob
 import os
-import sys
 
 from absl import app
 from absl import flags
+
+from train import cli
 
 _EXPORT_DIR = flags.DEFINE_string("export_dir", None, "SavedModel written by train.export.")
 _IMAGES = flags.DEFINE_string("images", None, "Glob of input images (PNG or JPEG), e.g. "
@@ -109,15 +110,7 @@ def run(log=print) -> int:
     return 0
 
 
-def main(argv):
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
-        return 2
-    try:
-        return run()
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+main = cli.main_from(run)
 
 
 if __name__ == "__main__":
