@@ -43,7 +43,11 @@ def alpha_heatmap(alpha_weights: np.ndarray, op_names=search_space.OPS, cell: in
         best = int(np.argmax(row))
         for k in range(num_ops):
             x = left + k * cell
-            draw.rectangle([x, y, x + cell - 2, y + cell - 2], fill=_colour(row[k] / max(row.max(), 1e-9)))
+            # Per-row min-max: early in a search the weights are near 1/8 each, and only
+            # the contrast within an edge shows which op is winning.
+            span = max(row.max() - row.min(), 1e-12)
+            draw.rectangle([x, y, x + cell - 2, y + cell - 2],
+                           fill=_colour((row[k] - row.min()) / span))
             if k == best:
                 draw.rectangle([x, y, x + cell - 2, y + cell - 2], outline=(200, 0, 0), width=2)
     return np.asarray(img)
