@@ -1,11 +1,11 @@
 """Choosing a tf.distribute strategy from a flag value.
 
 `multi_worker` is tf.distribute.MultiWorkerMirroredStrategy over the cluster that the
-standard TF_CONFIG environment variable describes (docs/multi_worker.md). Every wait on
-other workers is bounded: the start-up wait for the cluster, the peer health checks and
-every collective op (CommunicationOptions.timeout_seconds), so a dead or hung worker makes
-the others fail instead of hanging; the job is then relaunched and resumes from the chief's
-latest checkpoint.
+standard TF_CONFIG environment variable describes (README, "Running on several machines").
+Every wait on other workers is bounded: the start-up wait for the cluster, the peer health
+checks and every collective op (CommunicationOptions.timeout_seconds), so a dead or hung
+worker makes the others fail instead of hanging; the job is then relaunched and resumes from
+the chief's latest checkpoint.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def parse_tf_config(raw: str | None = None) -> dict:
     if not raw.strip():
         raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment variable, "
                          "describing the cluster and this worker's place in it, e.g. "
-                         f"{_TF_CONFIG_EXAMPLE} (see docs/multi_worker.md)")
+                         f"{_TF_CONFIG_EXAMPLE} (see the README, 'Running on several machines')")
     try:
         config = json.loads(raw)
     except json.JSONDecodeError as e:

@@ -1,6 +1,6 @@
 """Parameter and multiply-add counts of the fixed network and of the supernet.
 
-Conventions (see also docs/paper_table.md):
+Conventions (see also the README, "Checked against the paper"):
 
 * Params: trainable weights only. Convolution kernels, BN scale (gamma) and offset (beta),
   the logits bias; BN moving statistics and the drop-path progress are not parameters.

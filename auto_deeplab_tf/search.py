@@ -12,8 +12,8 @@
   MODEL_DIR/architectures/epoch_NNN.json, and says when the architecture changed;
 * logs scalars, softmax(alpha), the beta trellis and the genotype to TensorBoard.
 
-With --strategy=multi_worker (MultiWorkerMirroredStrategy, docs/multi_worker.md) every
-worker runs this same loop on its shard of each global batch. Only the chief writes
+With --strategy=multi_worker (MultiWorkerMirroredStrategy; README, "Running on several
+machines") every worker runs this same loop on its shard of each global batch. Only the chief writes
 MODEL_DIR (checkpoints, search_config.json, search_split.json, TensorBoard, architecture
 JSON); the others save their checkpoints, which involves collectives, to a temporary
 local directory deleted right after, and every worker resumes from the chief's

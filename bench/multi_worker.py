@@ -8,7 +8,7 @@ once in one process (OneDeviceStrategy) and once as 2 worker processes on 127.0.
 each worker takes half of every global batch). Prints one JSON line: steps/s of each, and
 their ratio (2 workers / 1 process). Both workers share this machine's cores, so this checks
 the distributed path and measures its overhead; it is not a cluster speed-up (see
-docs/multi_worker.md, "What speed-up to expect").
+README, "Running on several machines" / "What speed-up to expect").
 """
 
 from __future__ import annotations

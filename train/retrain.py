@@ -66,7 +66,8 @@ _DETERMINISTIC = flags.DEFINE_bool("deterministic", False, "Enable TensorFlow op
                                    "(reproducible, somewhat slower).")
 _JIT = flags.DEFINE_bool("jit_compile", False, "Compile the training step with XLA.")
 
-# The demo's small retraining: about 3 minutes on 2 CPU cores (docs/retrain_eval_export.md).
+# The demo's small retraining: about 3 minutes on 2 CPU cores (README, "Retrain, evaluate,
+# export, predict").
 # TODO: not tuned yet; at 500 steps it still predicts only background (val mIoU 8.6%).
 DEMO_DEFAULTS = {
     "filter_multiplier": 8, "stem_filters": ["16", "16", "32"], "aspp_filters": 64,

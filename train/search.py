@@ -52,7 +52,8 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the initialisation, the A/B spl
 _STRATEGY = flags.DEFINE_enum("strategy", "default", list(distribute.STRATEGIES),
                               "default: mirrored over the visible GPUs, else the CPU; "
                               "multi_worker: MultiWorkerMirroredStrategy over the cluster in "
-                              "the TF_CONFIG environment variable (docs/multi_worker.md).")
+                              "the TF_CONFIG environment variable (README, 'Running on "
+                              "several machines').")
 _COLLECTIVE = flags.DEFINE_enum("collective_communication", "auto",
                                 list(distribute.COLLECTIVE_COMMUNICATIONS),
                                 "--strategy=multi_worker: the all-reduce implementation "
