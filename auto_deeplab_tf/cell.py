@@ -6,6 +6,7 @@ import keras
 import tensorflow as tf
 
 from auto_deeplab_tf import search_space
+from auto_deeplab_tf import stacking
 from auto_deeplab_tf.mixed_op import MixedOp
 
 
@@ -25,12 +26,19 @@ class SearchCell(keras.layers.Layer):
     all transitions, stays [N, ...]; its edges are computed once and tiled. Normalisation
     statistics are kept per group, so the result equals running the cell once per
     transition.
+
+    With `num_copies`, the cell holds that many independent copies of its weights
+    (`stacking`; the supernet's loop over its uniform layers) and `call(..., copy=i)` runs
+    copy i, or `call(..., kernels=...)` the kernels of one copy given ready-made (as
+    `kernels(i)` returns them).
     """
 
-    def __init__(self, filters: int, num_blocks: int = 5, **kwargs):
+    def __init__(self, filters: int, num_blocks: int = 5, num_copies: int | None = None,
+                 **kwargs):
         super().__init__(**kwargs)
         self.filters = filters
         self.num_blocks = num_blocks
+        self.num_copies = stacking.check_num_copies(num_copies)
         # For state s: the blocks it feeds and the alpha rows of those edges.
         self._targets = []
         self._edge_rows = []
@@ -39,7 +47,18 @@ class SearchCell(keras.layers.Layer):
             blocks = list(range(max(0, s - 1), num_blocks))
             self._targets.append(blocks)
             self._edge_rows.append([search_space.edge_index(b, s) for b in blocks])
-            self.mixed_ops.append(MixedOp(filters, num_edges=len(blocks), name=f"state{s}"))
+            self.mixed_ops.append(MixedOp(filters, num_edges=len(blocks),
+                                          num_copies=self.num_copies, name=f"state{s}"))
+
+    def build(self, h_prev_shape, h_prev_prev_shape=None):
+        # Built up front (not lazily in call) so that the supernet's loop over stacked
+        # cells never creates a variable inside its body.
+        for op in self.mixed_ops:
+            op.build((None, None, None, self.filters))
+
+    def kernels(self, copy=None) -> list:
+        """Per state, its mixed op's `kernels(copy)`."""
+        return [op.kernels(copy) for op in self.mixed_ops]
 
     def mixing_weights(self, alpha_weights) -> list:
         """Per state, the mixing factors of its fused mixed op, from softmax(alpha).
@@ -49,9 +68,11 @@ class SearchCell(keras.layers.Layer):
         return [op.split_weights(tf.gather(alpha_weights, rows))
                 for op, rows in zip(self.mixed_ops, self._edge_rows)]
 
-    def call(self, h_prev, h_prev_prev, alpha_weights=None, groups: int = 1, mixing=None):
+    def call(self, h_prev, h_prev_prev, alpha_weights=None, groups: int = 1, mixing=None,
+             copy=None, kernels=None):
         """h_prev [groups*N, H, W, filters], h_prev_prev [N, H, W, filters] -> [groups*N,
-        H, W, B*filters]. Give either softmax(alpha) or `mixing` from `mixing_weights`."""
+        H, W, B*filters]. Give either softmax(alpha) or `mixing` from `mixing_weights`;
+        `copy` picks the copy of stacked weights, or `kernels` gives them ready-made."""
         if mixing is None:
             mixing = self.mixing_weights(alpha_weights)
         incoming = [[] for _ in range(self.num_blocks)]
@@ -61,7 +82,8 @@ class SearchCell(keras.layers.Layer):
             x = states[s]
             # State 1 is shared by all groups: run it once at batch N, then tile.
             g = 1 if s == 1 else groups
-            y = self.mixed_ops[s](x, None, groups=g, split_weights=mixing[s])
+            y = self.mixed_ops[s](x, None, groups=g, split_weights=mixing[s], copy=copy,
+                                  kernels=None if kernels is None else kernels[s])
             if s == 1 and groups > 1:
                 y = tf.tile(y, [groups, 1, 1, 1, 1])
             for b, edge_out in zip(self._targets[s], tf.unstack(y, axis=3)):
@@ -73,4 +95,5 @@ class SearchCell(keras.layers.Layer):
         return tf.concat(blocks, axis=-1)
 
     def get_config(self):
-        return {**super().get_config(), "filters": self.filters, "num_blocks": self.num_blocks}
+        return {**super().get_config(), "filters": self.filters, "num_blocks": self.num_blocks,
+                "num_copies": self.num_copies}

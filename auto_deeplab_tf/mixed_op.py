@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from auto_deeplab_tf import ops
 from auto_deeplab_tf import search_space
+from auto_deeplab_tf import stacking
 
 _SEP = {"sep_conv_3x3": 3, "sep_conv_5x5": 5}
 _ATROUS = {"atrous_conv_3x3": 3, "atrous_conv_5x5": 5}
@@ -37,12 +38,13 @@ ATROUS_RATE = 2
 POOL_SIZE = 3
 
 
-def _pad_to(kernel, size: int):
-    """Zero-pads a square [k, k, ...] kernel to [size, size, ...], centred."""
-    p = (size - int(kernel.shape[0])) // 2
+def _pad_to(kernel, size: int, lead: int = 0):
+    """Zero-pads a square [k, k, ...] kernel to [size, size, ...], centred; the kernel's
+    spatial axes start after `lead` leading axes (1 for stacked copies)."""
+    p = (size - int(kernel.shape[lead])) // 2
     if p == 0:
         return kernel
-    pads = [[p, p], [p, p]] + [[0, 0]] * (len(kernel.shape) - 2)
+    pads = [[0, 0]] * lead + [[p, p], [p, p]] + [[0, 0]] * (len(kernel.shape) - 2 - lead)
     return tf.pad(kernel, pads)
 
 
@@ -56,10 +58,15 @@ class MixedOp(keras.layers.Layer):
 
     Weights are stored per op, all edges side by side along the channel axis (edge-major),
     e.g. `sep_conv_3x3_depthwise1` is [3, 3, num_edges * filters, 1]; see `edge_weights`.
+    With `num_copies` every weight gets a leading axis of that many independent copies
+    (`stacking`) and `call(..., copy=i)` runs copy i. `kernels()` gives the fused kernels
+    the call runs on (for every copy at once when stacked), and `call(..., kernels=...)`
+    takes them ready-made: the supernet's loop prepares them once, outside its body.
     """
 
     def __init__(self, filters: int, num_edges: int = 1,
-                 op_names: Sequence[str] = search_space.OPS, **kwargs):
+                 op_names: Sequence[str] = search_space.OPS, num_copies: int | None = None,
+                 **kwargs):
         super().__init__(**kwargs)
         unknown = [o for o in op_names if o not in search_space.OPS]
         if unknown:
@@ -67,6 +74,7 @@ class MixedOp(keras.layers.Layer):
         self.filters = filters
         self.num_edges = num_edges
         self.op_names = tuple(op_names)
+        self.num_copies = stacking.check_num_copies(num_copies)
         index = {name: k for k, name in enumerate(self.op_names)}
         self._sep = [(n, _SEP[n]) for n in self.op_names if n in _SEP]
         self._atrous = [(n, _ATROUS[n]) for n in self.op_names if n in _ATROUS]
@@ -83,34 +91,40 @@ class MixedOp(keras.layers.Layer):
         c, e, f = int(input_shape[-1]), self.num_edges, self.filters
         if c != f:
             raise ValueError(f"MixedOp expects {f} input channels, got {c}")
-        init = ops.kernel_initializer
+
+        def kernel(name, shape):
+            return self.add_weight(
+                name=name, shape=stacking.stacked_shape(self.num_copies, shape),
+                initializer=stacking.stacked_initializer(ops.kernel_initializer,
+                                                         self.num_copies))
+
         self.sep_kernels = []
         for name, k in self._sep:
             self.sep_kernels.append((
-                self.add_weight(name=f"{name}_depthwise1", shape=(k, k, e * f, 1),
-                                initializer=init()),
-                self.add_weight(name=f"{name}_pointwise1", shape=(1, 1, f, e * f),
-                                initializer=init()),
-                self.add_weight(name=f"{name}_depthwise2", shape=(k, k, e * f, 1),
-                                initializer=init()),
-                self.add_weight(name=f"{name}_pointwise2", shape=(1, 1, f, e * f),
-                                initializer=init()),
+                kernel(f"{name}_depthwise1", (k, k, e * f, 1)),
+                kernel(f"{name}_pointwise1", (1, 1, f, e * f)),
+                kernel(f"{name}_depthwise2", (k, k, e * f, 1)),
+                kernel(f"{name}_pointwise2", (1, 1, f, e * f)),
             ))
-        self.atrous_kernels = [
-            self.add_weight(name=f"{name}_kernel", shape=(k, k, f, e * f), initializer=init())
-            for name, k in self._atrous]
+        self.atrous_kernels = [kernel(f"{name}_kernel", (k, k, f, e * f))
+                               for name, k in self._atrous]
 
-    def edge_weights(self, op_name: str, edge: int) -> list:
-        """The weights of `op_name` on one edge, shaped as the plain `ops` layer's."""
+    def edge_weights(self, op_name: str, edge: int, copy: int | None = None) -> list:
+        """The weights of `op_name` on one edge (of copy `copy` when stacked), shaped as
+        the plain `ops` layer's."""
         f = self.filters
         cut = slice(edge * f, (edge + 1) * f)
+
+        def read(v):
+            return tf.convert_to_tensor(stacking.select(v, copy))
+
         for (name, _), kernels in zip(self._sep, self.sep_kernels):
             if name == op_name:
-                dw1, pw1, dw2, pw2 = (tf.convert_to_tensor(v) for v in kernels)
+                dw1, pw1, dw2, pw2 = (read(v) for v in kernels)
                 return [dw1[:, :, cut], pw1[..., cut], dw2[:, :, cut], pw2[..., cut]]
         for (name, _), kernel in zip(self._atrous, self.atrous_kernels):
             if name == op_name:
-                return [tf.convert_to_tensor(kernel)[..., cut]]
+                return [read(kernel)[..., cut]]
         return []
 
     def split_weights(self, weights):
@@ -127,22 +141,44 @@ class MixedOp(keras.layers.Layer):
 
         return part(self._edge_cols), part(self._shared_cols)
 
-    def call(self, x, weights, groups: int = 1, split_weights=None):
+    def kernels(self, copy=None) -> list:
+        """The fused kernels `call` runs on: depthwise1, pointwise1, depthwise2, pointwise2
+        of all separable convs (3x3 zero-padded to 5x5, concatenated along the channels),
+        then the atrous kernel, each present only when its ops are. For a stacked layer
+        with `copy` None, every kernel of every copy: [num_copies, ...]."""
+        lead = 1 if self.num_copies is not None and copy is None else 0
+        out = []
+        if self._sep:
+            size = max(k for _, k in self._sep)
+            sep = [[stacking.select(v, copy) for v in kk] for kk in self.sep_kernels]
+            for i in range(4):
+                depthwise = i % 2 == 0
+                out.append(tf.concat([_pad_to(kk[i], size, lead) if depthwise else kk[i]
+                                      for kk in sep], axis=(2 if depthwise else 3) + lead))
+        if self._atrous:
+            size = max(k for _, k in self._atrous)
+            out.append(tf.concat([_pad_to(stacking.select(k, copy), size, lead)
+                                  for k in self.atrous_kernels], axis=3 + lead))
+        return out
+
+    def call(self, x, weights, groups: int = 1, split_weights=None, copy=None,
+             kernels=None):
         """See the class docstring; `split_weights` (from `split_weights`) replaces
-        `weights` when given."""
+        `weights` when given; `copy` picks the copy of stacked weights, or `kernels`
+        (from `kernels(copy)`) gives that copy's kernels ready-made."""
         e, f = self.num_edges, self.filters
         n, h, w_, _ = ops.shape_list(x)
         if split_weights is None:
             split_weights = self.split_weights(tf.cast(weights, x.dtype))
+        if kernels is None:
+            stacking.check_copy(self.num_copies, copy)
+            kernels = self.kernels(copy)
+        kernels = list(kernels)
         edge_w, shared_w = split_weights
         terms = []
         stacked = []
         if self._sep:
-            size = max(k for _, k in self._sep)
-            dw1 = tf.concat([_pad_to(kk[0], size) for kk in self.sep_kernels], axis=2)
-            pw1 = tf.concat([kk[1] for kk in self.sep_kernels], axis=3)
-            dw2 = tf.concat([_pad_to(kk[2], size) for kk in self.sep_kernels], axis=2)
-            pw2 = tf.concat([kk[3] for kk in self.sep_kernels], axis=3)
+            dw1, pw1, dw2, pw2 = kernels[:4]
             y = tf.tile(tf.nn.relu(x), [1, 1, 1, len(self._sep) * e])
             y = tf.nn.depthwise_conv2d(y, dw1, [1, 1, 1, 1], "SAME")
             y = tf.nn.conv2d(y, pw1, 1, "SAME")  # grouped: one group per (size, edge)
@@ -151,9 +187,7 @@ class MixedOp(keras.layers.Layer):
             y = tf.nn.conv2d(y, pw2, 1, "SAME")
             stacked.append(ops.group_batch_norm(y, groups))
         if self._atrous:
-            size = max(k for _, k in self._atrous)
-            kernel = tf.concat([_pad_to(k, size) for k in self.atrous_kernels], axis=3)
-            y = tf.nn.conv2d(tf.nn.relu(x), kernel, 1, "SAME", dilations=ATROUS_RATE)
+            y = tf.nn.conv2d(tf.nn.relu(x), kernels[-1], 1, "SAME", dilations=ATROUS_RATE)
             stacked.append(ops.group_batch_norm(y, groups))
         if stacked:
             y = stacked[0] if len(stacked) == 1 else tf.concat(stacked, axis=-1)
@@ -175,4 +209,4 @@ class MixedOp(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "num_edges": self.num_edges,
-                "op_names": list(self.op_names)}
+                "op_names": list(self.op_names), "num_copies": self.num_copies}

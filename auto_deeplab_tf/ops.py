@@ -19,6 +19,7 @@ import keras
 import tensorflow as tf
 
 from auto_deeplab_tf import search_space
+from auto_deeplab_tf import stacking
 
 BN_MOMENTUM = 0.9997
 BN_EPSILON = 1e-3
@@ -282,31 +283,51 @@ class ReLUConvBN(keras.layers.Layer):
 
     `call(x, size=...)` first resizes x to `size` (used to bring a cell input to another
     level's resolution); stride 2 halves the resolution instead.
+
+    With `num_copies`, the kernel holds that many independent copies (see `stacking`) and
+    `call(..., copy=i)` uses copy i, or `call(..., kernels=[kernel])` a kernel given
+    ready-made (as `kernels(i)` returns it). Only the search norm (affine-free, batch
+    statistics, no state) can be stacked: a stacked layer has no per-copy BN weights or
+    moving statistics to keep.
     """
 
     def __init__(self, filters: int, kernel_size: int = 1, stride: int = 1,
-                 norm: str = "batch", affine: bool = False, **kwargs):
+                 norm: str = "batch", affine: bool = False, num_copies: int | None = None,
+                 **kwargs):
         super().__init__(**kwargs)
         self.filters = filters
         self.kernel_size = kernel_size
         self.stride = stride
         self.norm = norm
         self.affine = affine
+        self.num_copies = stacking.check_num_copies(num_copies)
+        if self.num_copies is not None and (norm != "search" or affine):
+            raise ValueError("a stacked ReLUConvBN (num_copies) needs norm='search' and "
+                             f"affine=False, got norm='{norm}', affine={affine}")
 
     def build(self, input_shape):
         k = self.kernel_size
-        self.kernel = self.add_weight(name="kernel", shape=(k, k, int(input_shape[-1]),
-                                                            self.filters),
-                                      initializer=kernel_initializer())
+        shape = (k, k, int(input_shape[-1]), self.filters)
+        self.kernel = self.add_weight(
+            name="kernel", shape=stacking.stacked_shape(self.num_copies, shape),
+            initializer=stacking.stacked_initializer(kernel_initializer, self.num_copies))
         self.bn = make_norm(self.norm, name="bn", affine=self.affine)
 
-    def call(self, x, size=None, groups: int = 1, training=None):
+    def kernels(self, copy=None) -> list:
+        """[kernel] (of copy `copy`; of all copies, stacked, when None)."""
+        return [stacking.select(self.kernel, copy)]
+
+    def call(self, x, size=None, groups: int = 1, training=None, copy=None, kernels=None):
         if size is not None:
             x = tf.image.resize(x, size, method="bilinear")
-        y = tf.nn.conv2d(tf.nn.relu(x), self.kernel, self.stride, "SAME")
+        if kernels is None:
+            stacking.check_copy(self.num_copies, copy)
+            kernels = self.kernels(copy)
+        (kernel,) = kernels
+        y = tf.nn.conv2d(tf.nn.relu(x), kernel, self.stride, "SAME")
         return apply_norm(self.bn, y, groups, training)
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters,
                 "kernel_size": self.kernel_size, "stride": self.stride, "norm": self.norm,
-                "affine": self.affine}
+                "affine": self.affine, "num_copies": self.num_copies}
