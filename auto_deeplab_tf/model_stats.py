@@ -205,9 +205,11 @@ def supernet_stats(num_classes: int, filter_multiplier: int, num_layers: int,
     # Imported here: the supernet module is only needed in this mode.
     from auto_deeplab_tf.supernet import AutoDeepLabSupernet
 
+    # Unrolled: the traced graph then holds every layer's ops, whereas the loop's body,
+    # counted once, would stand for all of its iterations. Same weights either way.
     model = AutoDeepLabSupernet(num_classes, filter_multiplier=filter_multiplier,
                                 num_blocks=num_blocks, num_layers=num_layers,
-                                num_levels=num_levels)
+                                num_levels=num_levels, loop_uniform_layers=False)
     model.build((None, None, None, 3))
     height, width = (int(v) for v in image_size)
     madds = traced_multiply_adds(lambda x: model(x, training=True), (1, height, width, 3))

@@ -64,6 +64,11 @@ def full_run(tmp_path_factory):
     return model_dir, result, logs
 
 
+# Two levels and four layers: layers 3 and 4 are uniform and run as the supernet's loop
+# over stacked weights (auto_deeplab_tf/uniform_layers.py).
+LOOPED = dict(num_levels=2, num_layers=4)
+
+
 def test_stopped_and_resumed_search_equals_an_uninterrupted_one(tmp_path, full_run):
     # Tolerance: exact up to 1e-6 (op determinism on, same data order, restored optimizer
     # state); in practice the values are bitwise equal.
@@ -84,6 +89,25 @@ def test_stopped_and_resumed_search_equals_an_uninterrupted_one(tmp_path, full_r
     assert second.architecture == full.architecture
     # alpha/beta moved only in epoch 2 (arch_start_epoch=1), and they did move.
     assert np.abs(alpha_full).max() > 1e-2
+
+
+def test_looped_supernet_search_resumes_exactly_from_stacked_weights(tmp_path):
+    """The resume test above on a supernet whose last layers run as one loop: its stacked
+    weights and their optimizer slots go through the checkpoint and come back."""
+    full, _ = run(tiny_config(tmp_path / "full", **LOOPED))
+    first, _ = run(tiny_config(tmp_path / "resumed", max_steps=4, **LOOPED))
+    assert not first.completed and first.global_step == 4
+    reader = tf.train.load_checkpoint(str(tmp_path / "resumed" / "checkpoints"))
+    stacked = [k for k in reader.get_variable_to_shape_map()
+               if k.startswith("model/") and "|uniform_layers|" in k]
+    assert stacked and all(reader.get_variable_to_shape_map()[k][0] == 2 for k in stacked)
+    second, logs = run(tiny_config(tmp_path / "resumed", **LOOPED))
+    assert any("resumed from" in line for line in logs)
+    assert second.completed and second.global_step == full.global_step == 6
+    for a, b in zip(final_arch_values(tmp_path / "resumed"),
+                    final_arch_values(tmp_path / "full")):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert second.architecture == full.architecture
 
 
 def test_search_writes_architectures_checkpoints_and_tensorboard(full_run):
@@ -140,7 +164,8 @@ def test_bad_settings_name_the_flag(tmp_path, field, value, message):
     assert str(e.value) == message
 
 
-def test_mirrored_over_two_cpus_matches_one_device():
+@pytest.mark.parametrize("overrides", [{}, LOOPED], ids=["unrolled", "looped"])
+def test_mirrored_over_two_cpus_matches_one_device(overrides):
     """Same global batch on 1 device and on 2 replicas (one sample each).
 
     Each batch holds two copies of one image, so per-replica batch statistics equal the
@@ -151,7 +176,8 @@ def test_mirrored_over_two_cpus_matches_one_device():
     float-order noise flip ReLUs and the runs drift apart chaotically.
     """
     assert len(tf.config.list_logical_devices("CPU")) >= 2, "conftest sets 2 logical CPUs"
-    config = tiny_config("/unused", steps_per_epoch=2, weight_lr=0.01, arch_lr=3e-3)
+    config = tiny_config("/unused", steps_per_epoch=2, weight_lr=0.01, arch_lr=3e-3,
+                         **overrides)
     results = {}
     initial = None
     for name in ("one_device", "mirrored"):
