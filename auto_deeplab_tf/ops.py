@@ -69,12 +69,37 @@ def shape_list(x) -> list:
 
 
 def _fused_batch_norm(x, epsilon: float):
+    """Affine-free batch normalisation with batch statistics, one fused kernel each way.
+
+    The gradient recomputes the batch statistics from x instead of keeping the forward
+    kernel's three statistics outputs: a backward pass that keeps only x needs a third as
+    many saved tensors per BN. That matters inside the supernet's loop (`uniform_layers`),
+    where each saved tensor is a per-iteration accumulator with its own handful of ops in
+    the forward, the backward and the outer graph; BN outputs were about half of them.
+    The recomputation is one more read of x per BN.
+    """
     ones = tf.constant(1.0, x.dtype, shape=[x.shape[-1]])
+    zeros = tf.constant(0.0, x.dtype, shape=[x.shape[-1]])
     empty = tf.constant([], x.dtype)
-    y, _, _, _, _, _ = tf.raw_ops.FusedBatchNormV3(
-        x=x, scale=ones, offset=tf.zeros_like(ones), mean=empty, variance=empty,
-        epsilon=epsilon, is_training=True)
-    return y
+
+    def forward(x):
+        return tf.raw_ops.FusedBatchNormV3(
+            x=x, scale=ones, offset=zeros, mean=empty, variance=empty, epsilon=epsilon,
+            is_training=True)
+
+    @tf.custom_gradient
+    def normalize(x):
+        def grad(dy):
+            _, _, _, mean, inv_var, extra = forward(x)
+            dx, _, _, _, _ = tf.raw_ops.FusedBatchNormGradV3(
+                y_backprop=dy, x=x, scale=ones, reserve_space_1=mean,
+                reserve_space_2=inv_var, reserve_space_3=extra, epsilon=epsilon,
+                is_training=True)
+            return dx
+
+        return forward(x)[0], grad
+
+    return normalize(x)
 
 
 def group_batch_norm(x, groups: int = 1, epsilon: float = SEARCH_BN_EPSILON,
