@@ -85,7 +85,10 @@ class SearchModel(AutoDeepLabSupernet):
     def _descend(self, images, labels, variables, optimizer, decay):
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         loss, logits, all_grads = self._loss_and_gradients(images, labels)
-        by_id = {id(v): g for v, g in zip(self.trainable_variables, all_grads)}
+        # Dense already from the traced loop (stacked weights); a stacked weight read
+        # outside a loop would give IndexedSlices, which cannot take the decay term.
+        by_id = {id(v): tf.convert_to_tensor(g)
+                 for v, g in zip(self.trainable_variables, all_grads)}
         grads = [by_id[id(v)] + (decay / replicas) * v for v in variables]
         optimizer.apply_gradients(zip(grads, variables))
         return loss, logits
