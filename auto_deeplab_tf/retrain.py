@@ -2,8 +2,9 @@
 
 `run_retrain(RetrainConfig(...))`
 
-* builds `AutoDeepLab` and an SGD optimizer (momentum, poly learning rate from
-  `base_learning_rate` with power 0.9 to 0 at `train_steps`) inside the strategy scope;
+* builds `AutoDeepLab` and its optimizer (the paper's SGD with momentum, or Adam for short
+  runs; poly learning rate from `base_learning_rate` with power 0.9 to 0 at `train_steps`)
+  inside the strategy scope;
 * minimises pixel cross-entropy (the ignore label excluded) plus L2 weight decay
   (`weight_decay` * sum(w^2) / 2 over every convolution kernel, as slim's l2_regularizer);
   both are divided by the number of replicas because the replicas' gradients are summed;
@@ -38,6 +39,9 @@ from auto_deeplab_tf import progress as progress_lib
 from auto_deeplab_tf.fixed_network import MODEL_SIZES, AutoDeepLab
 
 CONFIG_FILENAME = "retrain_config.json"
+# sgd: the paper's (with --momentum). adam: for short runs such as the demo, where SGD stays
+# on the background-only plateau for thousands of steps.
+OPTIMIZERS = ("sgd", "adam")
 CHECKPOINT_SUBDIR = "checkpoints"
 MODEL_NAME = "autodeeplab"
 LEARNING_POWER = 0.9
@@ -46,7 +50,7 @@ LEARNING_POWER = 0.9
 # the schedule.
 _RESUME_KEYS = ("dataset", "filter_multiplier", "stem_filters", "aspp_filters",
                 "decoder_filters", "batch_size", "crop_size", "min_scale", "max_scale", "seed",
-                "train_steps", "num_classes")
+                "train_steps", "num_classes", "optimizer")
 
 
 class RetrainDiverged(RuntimeError):
@@ -71,6 +75,7 @@ class RetrainConfig:
     max_scale: float = 2.0
     train_steps: int = 1_500_000
     base_learning_rate: float = 0.05
+    optimizer: str = "sgd"
     momentum: float = 0.9
     weight_decay: float = 4e-5
     drop_path_keep_prob: float = 1.0
@@ -101,6 +106,9 @@ class RetrainConfig:
                              f"max_scale, got {self.min_scale} and {self.max_scale}")
         if not self.base_learning_rate > 0:
             raise ValueError(f"--base_learning_rate must be > 0, got {self.base_learning_rate}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"--optimizer={self.optimizer}: unknown optimizer, expected one of "
+                             f"{', '.join(OPTIMIZERS)}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"--momentum must be in [0, 1), got {self.momentum}")
         if self.weight_decay < 0:
@@ -324,7 +332,10 @@ def run_retrain(config: RetrainConfig,
         schedule = keras.optimizers.schedules.PolynomialDecay(
             config.base_learning_rate, decay_steps=config.train_steps,
             end_learning_rate=0.0, power=LEARNING_POWER)
-        optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum, name="sgd")
+        if config.optimizer == "adam":
+            optimizer = keras.optimizers.Adam(schedule, name="adam")
+        else:
+            optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum, name="sgd")
         optimizer.build(model.trainable_variables)
     # Read and written only from Python, between steps: a plain variable, not a mirrored one.
     step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
