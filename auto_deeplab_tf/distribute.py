@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
+from typing import Callable
 
 import tensorflow as tf
 
@@ -148,3 +151,89 @@ def worker_role(strategy: tf.distribute.Strategy) -> tuple[bool, str, int]:
     chief = task_type == "chief" or (task_type == "worker" and task_id == 0
                                      and "chief" not in jobs)
     return chief, task_type, task_id
+
+
+def validate_options(strategy: str, collective_communication: str,
+                     collective_timeout_s: float) -> None:
+    """Checks the --strategy, --collective_communication and --collective_timeout_s values."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"--strategy={strategy}: unknown strategy, expected one of "
+                         f"{', '.join(STRATEGIES)}")
+    if collective_communication not in COLLECTIVE_COMMUNICATIONS:
+        raise ValueError(f"--collective_communication={collective_communication}: expected one "
+                         f"of {', '.join(COLLECTIVE_COMMUNICATIONS)}")
+    if collective_timeout_s < 0:
+        raise ValueError(f"--collective_timeout_s must be >= 0, got {collective_timeout_s}")
+
+
+def worker_log(strategy: tf.distribute.Strategy, log: Callable[[str], None], job: str,
+               model_dir: str) -> Callable[[str], None]:
+    """`log` itself for one process; under multi_worker, `log` with every line prefixed by
+    the worker ('[worker 1] ...'), after a line saying which worker writes `model_dir`."""
+    if not is_multi_worker(strategy):
+        return log
+    is_chief, task_type, task_id = worker_role(strategy)
+
+    def prefixed(line: str) -> None:
+        log(f"[{task_type} {task_id}] {line}")
+
+    prefixed(f"multi-worker {job}: {strategy.num_replicas_in_sync} replicas in all, "
+             f"{'chief: writes' if is_chief else 'not the chief: reads'} {model_dir}")
+    return prefixed
+
+
+def agreed_step(strategy: tf.distribute.Strategy, value: int) -> tuple[int, int]:
+    """(min, max) of `value` over the replicas (a collective: every worker must call it)."""
+    per_replica = strategy.run(lambda: tf.constant([float(value)], tf.float32))
+    values = strategy.gather(per_replica, axis=0).numpy()
+    return int(values.min()), int(values.max())
+
+
+class ChiefCheckpoints:
+    """Checkpoints of a run that only the chief keeps, in `chief_dir`.
+
+    Under MultiWorkerMirroredStrategy saving involves collectives, so every worker saves:
+    the chief into `chief_dir`, any other worker into a private temporary local directory
+    that is deleted after each save and by `close()`. Every worker resumes from the chief's
+    `latest`, so `chief_dir` must be storage every worker can read (NFS, GCS): with one
+    process (any other strategy) this is a plain CheckpointManager on `chief_dir`.
+    """
+
+    def __init__(self, checkpoint: tf.train.Checkpoint, chief_dir: str, is_chief: bool,
+                 temp_prefix: str, max_to_keep: int):
+        self.chief_dir, self.is_chief = chief_dir, is_chief
+        self.save_dir = chief_dir if is_chief else tempfile.mkdtemp(prefix=temp_prefix)
+        self.manager = tf.train.CheckpointManager(checkpoint, self.save_dir,
+                                                  max_to_keep=max_to_keep)
+
+    @property
+    def latest(self) -> str | None:
+        """The chief's latest checkpoint (what every worker restores)."""
+        return tf.train.latest_checkpoint(self.chief_dir)
+
+    def save(self, checkpoint_number: int) -> str:
+        """Saves on every worker; returns the path of the chief's copy."""
+        path = self.manager.save(checkpoint_number=checkpoint_number)
+        if not self.is_chief:  # only the chief's copy is kept
+            shutil.rmtree(self.save_dir, ignore_errors=True)
+            path = os.path.join(self.chief_dir, os.path.basename(path))
+        return path
+
+    def check_resumed_together(self, strategy: tf.distribute.Strategy, step: int,
+                               restored: str | None) -> None:
+        """Under multi_worker, fails unless every worker restored the same `step` (from
+        `restored`, None: none) (a collective: every worker must call it). A --model_dir
+        that is not shared leaves the workers at different steps."""
+        if not is_multi_worker(strategy):
+            return
+        low, high = agreed_step(strategy, step)
+        if low != high:
+            raise ValueError(
+                f"the workers resumed from different steps ({low} to {high}; this one from "
+                f"{restored or 'scratch'}): every worker must read the chief's "
+                f"{self.chief_dir}, so --model_dir must be shared storage (NFS, GCS)")
+
+    def close(self) -> None:
+        """Deletes a non-chief worker's temporary directory."""
+        if not self.is_chief:
+            shutil.rmtree(self.save_dir, ignore_errors=True)

@@ -151,10 +151,18 @@ def test_bad_flags_name_the_flag(tmp_path):
     assert bad.returncode != 0 and "--data_dir" in bad.stderr
 
 
-def test_multi_worker_retraining_is_refused_until_supported(tmp_path):
+def test_multi_worker_retraining_needs_tf_config(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     bad = sh.run_module("train.retrain", "--dataset=demo", f"--model_dir={tmp_path / 'mw'}",
-                        "--strategy=multi_worker")
-    assert bad.returncode != 0
-    assert ("--strategy=multi_worker: multi-worker retraining is not supported yet; use "
-            "default, one_device or mirrored") in bad.stderr
+                        "--strategy=multi_worker", env=env)
+    assert bad.returncode == 1
+    assert ("error: --strategy=multi_worker needs the TF_CONFIG environment variable, "
+            "describing the cluster and this worker's place in it") in bad.stderr
     assert not (tmp_path / "mw" / "checkpoints").exists()
+
+
+def test_bad_collective_timeout_is_named(tmp_path):
+    config = sh.tiny_config(tmp_path, None, collective_timeout_s=-1)
+    with pytest.raises(ValueError) as e:
+        config.validate()
+    assert str(e.value) == "--collective_timeout_s must be >= 0, got -1"

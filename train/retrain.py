@@ -8,18 +8,21 @@ Defaults are the paper's (poly learning rate from 0.05, power 0.9; crop 769; 1.5
 4e-5). With --dataset=demo, flags not given on the command line take small demo values instead
 (see DEMO_DEFAULTS: about 5 minutes on 2 CPU cores). Re-running the same command on the same
 --model_dir resumes. Evaluate with `python -m train.evaluate --model_dir=...`.
+--strategy=multi_worker retrains on several machines: run the same command on every host
+(README, "Running on several machines").
 """
 
 from __future__ import annotations
 
 import sys
 
+import tensorflow as tf
 from absl import app
 from absl import flags
 
-from auto_deeplab_tf import distribute
 from auto_deeplab_tf import retrain as retrain_lib
 from auto_deeplab_tf.fixed_network import MODEL_SIZES
+from train import cli
 
 _ARCH = flags.DEFINE_string("architecture", "autodeeplab", "'autodeeplab' (the paper's "
                             "network) or an architecture JSON written by train.search or "
@@ -58,8 +61,11 @@ _STEM = flags.DEFINE_list("stem_filters", ["64", "64", "128"], "Filters of the t
 _ASPP = flags.DEFINE_integer("aspp_filters", 256, "ASPP filters (paper: 256).")
 _DECODER = flags.DEFINE_integer("decoder_filters", 256, "Decoder filters (paper: 256).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the initialisation and the data order.")
-_STRATEGY = flags.DEFINE_enum("strategy", "default", list(distribute.STRATEGIES),
-                              "default: mirrored over the visible GPUs, else the CPU.")
+for _flag in cli.distribute_flags(
+        "default: mirrored over the visible GPUs, else the CPU; multi_worker: "
+        "MultiWorkerMirroredStrategy over the cluster in the TF_CONFIG environment variable "
+        "(README, 'Running on several machines'); --batch_size is the global batch."):
+    flags.DEFINE_flag(_flag)
 _CKPT_EVERY = flags.DEFINE_integer("checkpoint_every_steps", 1000, "Checkpoint interval (a "
                                    "checkpoint is also written at the end).")
 _LOG_EVERY = flags.DEFINE_integer("log_every_steps", 100, "Progress line / scalar interval.")
@@ -86,8 +92,8 @@ def config_from_flags() -> retrain_lib.RetrainConfig:
     names = ("crop_size", "batch_size", "min_scale", "max_scale", "train_steps",
              "base_learning_rate", "optimizer", "momentum", "weight_decay",
              "drop_path_keep_prob", "bn_momentum", "stem_filters", "aspp_filters",
-             "decoder_filters", "seed", "strategy", "checkpoint_every_steps",
-             "log_every_steps", "max_steps", "deterministic", "jit_compile")
+             "decoder_filters", "seed", "checkpoint_every_steps", "log_every_steps",
+             "max_steps", "deterministic", "jit_compile") + cli.DISTRIBUTE_FLAGS
     values = {name: flags.FLAGS[name].value for name in names}
     demo = _DATASET.value == "demo"
     if demo:
@@ -121,6 +127,10 @@ def main(argv):
     except (ValueError, FileNotFoundError, retrain_lib.RetrainDiverged) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except tf.errors.OpError as e:
+        if config.strategy != "multi_worker":
+            raise
+        cli.exit_multi_worker_failure(e, "retraining", config.model_dir)
     print(f"checkpoint: {result.checkpoint}")
     print(f"evaluate:   python -m train.evaluate --model_dir={config.model_dir}"
           + (f" --dataset={config.dataset}" if config.dataset != "cityscapes" else ""))
