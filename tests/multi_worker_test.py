@@ -308,6 +308,10 @@ def test_two_workers_retrain_resume_from_the_chief_match_one_process_only_the_ch
     (batch-norm statistics included) after 4 SGD steps, of which the last 2 moved some weight
     by ~1.5e-2, and rtol 1e-4 on the logged losses (4 decimals); measured: weights within
     1.2e-7, losses equal to 4 decimals. The two workers' weights are bitwise equal.
+
+    There is no killed-worker test for retraining: noticing a dead peer is the strategy's
+    (test_a_killed_worker_fails_the_job_and_the_relaunch_resumes covers it, ~2 min on 2
+    cores), and the relaunch resuming from the chief's checkpoint is checked here.
     """
     overrides = dict(architecture=sh.arch_file(tmp_path), train_steps=4,
                      checkpoint_every_steps=2, deterministic=True,
@@ -340,6 +344,10 @@ def test_two_workers_retrain_resume_from_the_chief_match_one_process_only_the_ch
     # checkpoints are gone.
     events = [f for f in os.listdir(model_dir) if f.startswith("events.out")]
     assert len(events) == 2
+    tags = {value.tag for name in events
+            for event in tf.compat.v1.train.summary_iterator(str(model_dir / name))
+            for value in event.summary.value}
+    assert {"train/loss", "train/image", "train/prediction"} <= tags
     assert sorted(os.listdir(model_dir)) == sorted(["checkpoints", "retrain_config.json",
                                                     *events])
     assert sorted(f for f in os.listdir(checkpoints) if f.endswith(".index")) == [
