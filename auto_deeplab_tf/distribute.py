@@ -2,17 +2,20 @@
 
 `multi_worker` is tf.distribute.MultiWorkerMirroredStrategy over the cluster that the
 standard TF_CONFIG environment variable describes (README, "Running on several machines").
-Every wait on other workers is bounded: the start-up wait for the cluster, the peer health
-checks and every collective op (CommunicationOptions.timeout_seconds), so a dead or hung
-worker makes the others fail instead of hanging; the job is then relaunched and resumes from
-the chief's latest checkpoint.
+Every wait on other workers is bounded: the start-up wait for the cluster (a watchdog ends
+the process: TF cannot interrupt that wait), every collective op
+(CommunicationOptions.timeout_seconds), and TF's coordination service notices a dead peer by
+its heartbeats, so a dead or hung worker makes the others fail instead of hanging; the job is
+then relaunched and resumes from the chief's latest checkpoint.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import shutil
+import sys
 import tempfile
 from typing import Callable
 
@@ -20,11 +23,13 @@ import tensorflow as tf
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
 COLLECTIVE_COMMUNICATIONS = ("auto", "ring", "nccl")
-# Bound on any one collective op, on the start-up wait for the cluster and (roughly) on
-# the time to notice a dead peer. Generous: it must cover the skew between workers, e.g.
-# the chief writing a checkpoint while the others already wait in the next step. Cost:
-# TensorFlow holds one sleeping thread per timed collective for the whole timeout (~16
-# collectives per search step measured), so fast steps want a shorter bound.
+# Bound on any one collective op and on the start-up wait for the cluster (a dead peer is
+# noticed sooner, by the heartbeats of TF's coordination service; this bound catches a peer
+# that is alive but stuck). Generous: it must cover the skew between workers, e.g. the chief
+# writing a checkpoint while the others already wait in the next step, or one worker
+# tracing a step more slowly. Cost: TensorFlow holds a sleeping thread per timed collective
+# for the whole timeout (measured with bench/multi_worker.py: ~14 threads per search step,
+# ~6 per retraining step), so fast steps want a shorter bound.
 DEFAULT_COLLECTIVE_TIMEOUT_S = 300.0
 
 _TF_CONFIG_EXAMPLE = ('TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
@@ -90,8 +95,9 @@ def _multi_worker(collective_communication: str, timeout_s: float | None
     options = tf.distribute.experimental.CommunicationOptions(
         implementation=implementation, timeout_seconds=timeout)
     if timeout:
-        # The start-up barrier and the peer health checks are class settings of TF's
-        # implementation (private, hence the guards): bound them by the same timeout.
+        # TF's Python peer health checks (class settings of its implementation: private,
+        # hence the guards) run only where TF's coordination service is off; it is on by
+        # default (TF 2.21) and notices a dead peer by its own heartbeats.
         from tensorflow.python.distribute import collective_all_reduce_strategy as cars
 
         extended = getattr(cars, "CollectiveAllReduceExtended", None)
@@ -99,7 +105,20 @@ def _multi_worker(collective_communication: str, timeout_s: float | None
             extended._check_health_initial_timeout = int(max(1, timeout))
             extended._check_health_interval = max(1, min(30, int(timeout / 4)))
             extended._check_health_timeout = max(1, min(10, int(timeout / 8)))
-    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    if not timeout:
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    # Creating the strategy waits in TF's C++ start-up of the cluster until every worker has
+    # joined, with no deadline, holding the GIL and deaf to SIGTERM. faulthandler's watchdog
+    # thread needs no GIL: past the timeout it prints the stacks and exits with status 1.
+    hosts = [h for hosts in parse_tf_config()["cluster"].values() for h in hosts]
+    print(f"waiting up to {timeout:g} s (--collective_timeout_s) for every worker of the "
+          f"cluster ({', '.join(hosts)}) to start; past that this process prints its stack and "
+          "exits with status 1", file=sys.stderr, flush=True)
+    faulthandler.dump_traceback_later(timeout, exit=True)
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 def make_strategy(name: str = "default", collective_communication: str = "auto",

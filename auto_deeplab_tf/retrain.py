@@ -258,6 +258,40 @@ def _check_resume_config(config_dict: dict, model_dir: str, write: bool = True) 
     tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
+def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
+                    strategy: tf.distribute.Strategy, num_classes: int, ignore_label: int,
+                    weight_decay: float, train_steps: int, jit_compile: bool = False
+                    ) -> Callable:
+    """A traced function running one training step on a distributed (images, labels) batch;
+    returns (cross-entropy, weight decay loss), each the mean over replicas."""
+    num_replicas = strategy.num_replicas_in_sync
+    decayed = decayed_variables(model)
+    trainable = model.trainable_variables
+
+    def replica_step(images, labels):
+        progress = tf.minimum(1.0, tf.cast(optimizer.iterations, tf.float32) / train_steps)
+        with tf.GradientTape() as tape:
+            logits = model(images, training=True, drop_path_progress=progress)
+            ce = masked_cross_entropy(labels, logits, num_classes, ignore_label)
+            l2 = weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in decayed])
+            # Gradients are summed over replicas: scale each replica's share.
+            loss = (ce + l2) / num_replicas
+        grads = tape.gradient(loss, trainable)
+        optimizer.apply_gradients(zip(grads, trainable))
+        return tf.stack([ce, l2]) / num_replicas
+
+    @tf.function(jit_compile=jit_compile)
+    def train_step(batch):
+        images, labels = batch
+        losses = strategy.run(replica_step, args=(images, labels))
+        # One all-reduce for both: under multi_worker each timed collective op holds a
+        # sleeping thread for --collective_timeout_s (distribute.py).
+        losses = strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
+        return losses[0], losses[1]
+
+    return train_step
+
+
 class _Writer(summaries.SummaryWriter):
     """TensorBoard summaries of a retraining run (none on a non-chief worker)."""
 
@@ -368,29 +402,9 @@ def _retrain_loop(config, model, optimizer, schedule, strategy, checkpoint, step
     checkpoints.check_resumed_together(strategy, int(step_var), latest)
 
     num_replicas = strategy.num_replicas_in_sync
-    decayed = decayed_variables(model)
-    trainable = model.trainable_variables
     train_steps = config.train_steps
-
-    def replica_step(images, labels):
-        progress = tf.minimum(1.0, tf.cast(optimizer.iterations, tf.float32) / train_steps)
-        with tf.GradientTape() as tape:
-            logits = model(images, training=True, drop_path_progress=progress)
-            ce = masked_cross_entropy(labels, logits, num_classes, ignore_label)
-            l2 = config.weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in decayed])
-            # Gradients are summed over replicas: scale each replica's share.
-            loss = (ce + l2) / num_replicas
-        grads = tape.gradient(loss, trainable)
-        optimizer.apply_gradients(zip(grads, trainable))
-        return ce / num_replicas, l2 / num_replicas
-
-    @tf.function(jit_compile=config.jit_compile)
-    def train_step(batch):
-        images, labels = batch
-        ce, l2 = strategy.run(replica_step, args=(images, labels))
-        return (strategy.reduce(tf.distribute.ReduceOp.SUM, ce, axis=None),
-                strategy.reduce(tf.distribute.ReduceOp.SUM, l2, axis=None))
-
+    train_step = make_train_step(model, optimizer, strategy, num_classes, ignore_label,
+                                 config.weight_decay, train_steps, config.jit_compile)
     writer = _Writer(config.model_dir if is_chief else None)
     last_batch = None
 
