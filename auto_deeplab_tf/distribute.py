@@ -2,26 +2,34 @@
 
 `multi_worker` is tf.distribute.MultiWorkerMirroredStrategy over the cluster that the
 standard TF_CONFIG environment variable describes (README, "Running on several machines").
-Every wait on other workers is bounded: the start-up wait for the cluster, the peer health
-checks and every collective op (CommunicationOptions.timeout_seconds), so a dead or hung
-worker makes the others fail instead of hanging; the job is then relaunched and resumes from
-the chief's latest checkpoint.
+Every wait on other workers is bounded: the start-up wait for the cluster (a watchdog ends
+the process: TF cannot interrupt that wait), every collective op
+(CommunicationOptions.timeout_seconds), and TF's coordination service notices a dead peer by
+its heartbeats, so a dead or hung worker makes the others fail instead of hanging; the job is
+then relaunched and resumes from the chief's latest checkpoint.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
+import shutil
+import sys
+import tempfile
+from typing import Callable
 
 import tensorflow as tf
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
 COLLECTIVE_COMMUNICATIONS = ("auto", "ring", "nccl")
-# Bound on any one collective op, on the start-up wait for the cluster and (roughly) on
-# the time to notice a dead peer. Generous: it must cover the skew between workers, e.g.
-# the chief writing a checkpoint while the others already wait in the next step. Cost:
-# TensorFlow holds one sleeping thread per timed collective for the whole timeout (~16
-# collectives per search step measured), so fast steps want a shorter bound.
+# Bound on any one collective op and on the start-up wait for the cluster (a dead peer is
+# noticed sooner, by the heartbeats of TF's coordination service; this bound catches a peer
+# that is alive but stuck). Generous: it must cover the skew between workers, e.g. the chief
+# writing a checkpoint while the others already wait in the next step, or one worker
+# tracing a step more slowly. Cost: TensorFlow holds a sleeping thread per timed collective
+# for the whole timeout (measured with bench/multi_worker.py: ~14 threads per search step,
+# ~6 per retraining step), so fast steps want a shorter bound.
 DEFAULT_COLLECTIVE_TIMEOUT_S = 300.0
 
 _TF_CONFIG_EXAMPLE = ('TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
@@ -87,8 +95,9 @@ def _multi_worker(collective_communication: str, timeout_s: float | None
     options = tf.distribute.experimental.CommunicationOptions(
         implementation=implementation, timeout_seconds=timeout)
     if timeout:
-        # The start-up barrier and the peer health checks are class settings of TF's
-        # implementation (private, hence the guards): bound them by the same timeout.
+        # TF's Python peer health checks (class settings of its implementation: private,
+        # hence the guards) run only where TF's coordination service is off; it is on by
+        # default (TF 2.21) and notices a dead peer by its own heartbeats.
         from tensorflow.python.distribute import collective_all_reduce_strategy as cars
 
         extended = getattr(cars, "CollectiveAllReduceExtended", None)
@@ -96,7 +105,20 @@ def _multi_worker(collective_communication: str, timeout_s: float | None
             extended._check_health_initial_timeout = int(max(1, timeout))
             extended._check_health_interval = max(1, min(30, int(timeout / 4)))
             extended._check_health_timeout = max(1, min(10, int(timeout / 8)))
-    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    if not timeout:
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    # Creating the strategy waits in TF's C++ start-up of the cluster until every worker has
+    # joined, with no deadline, holding the GIL and deaf to SIGTERM. faulthandler's watchdog
+    # thread needs no GIL: past the timeout it prints the stacks and exits with status 1.
+    hosts = [h for hosts in parse_tf_config()["cluster"].values() for h in hosts]
+    print(f"waiting up to {timeout:g} s (--collective_timeout_s) for every worker of the "
+          f"cluster ({', '.join(hosts)}) to start; past that this process prints its stack and "
+          "exits with status 1", file=sys.stderr, flush=True)
+    faulthandler.dump_traceback_later(timeout, exit=True)
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 def make_strategy(name: str = "default", collective_communication: str = "auto",
@@ -148,3 +170,89 @@ def worker_role(strategy: tf.distribute.Strategy) -> tuple[bool, str, int]:
     chief = task_type == "chief" or (task_type == "worker" and task_id == 0
                                      and "chief" not in jobs)
     return chief, task_type, task_id
+
+
+def validate_options(strategy: str, collective_communication: str,
+                     collective_timeout_s: float) -> None:
+    """Checks the --strategy, --collective_communication and --collective_timeout_s values."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"--strategy={strategy}: unknown strategy, expected one of "
+                         f"{', '.join(STRATEGIES)}")
+    if collective_communication not in COLLECTIVE_COMMUNICATIONS:
+        raise ValueError(f"--collective_communication={collective_communication}: expected one "
+                         f"of {', '.join(COLLECTIVE_COMMUNICATIONS)}")
+    if collective_timeout_s < 0:
+        raise ValueError(f"--collective_timeout_s must be >= 0, got {collective_timeout_s}")
+
+
+def worker_log(strategy: tf.distribute.Strategy, log: Callable[[str], None], job: str,
+               model_dir: str) -> Callable[[str], None]:
+    """`log` itself for one process; under multi_worker, `log` with every line prefixed by
+    the worker ('[worker 1] ...'), after a line saying which worker writes `model_dir`."""
+    if not is_multi_worker(strategy):
+        return log
+    is_chief, task_type, task_id = worker_role(strategy)
+
+    def prefixed(line: str) -> None:
+        log(f"[{task_type} {task_id}] {line}")
+
+    prefixed(f"multi-worker {job}: {strategy.num_replicas_in_sync} replicas in all, "
+             f"{'chief: writes' if is_chief else 'not the chief: reads'} {model_dir}")
+    return prefixed
+
+
+def agreed_step(strategy: tf.distribute.Strategy, value: int) -> tuple[int, int]:
+    """(min, max) of `value` over the replicas (a collective: every worker must call it)."""
+    per_replica = strategy.run(lambda: tf.constant([float(value)], tf.float32))
+    values = strategy.gather(per_replica, axis=0).numpy()
+    return int(values.min()), int(values.max())
+
+
+class ChiefCheckpoints:
+    """Checkpoints of a run that only the chief keeps, in `chief_dir`.
+
+    Under MultiWorkerMirroredStrategy saving involves collectives, so every worker saves:
+    the chief into `chief_dir`, any other worker into a private temporary local directory
+    that is deleted after each save and by `close()`. Every worker resumes from the chief's
+    `latest`, so `chief_dir` must be storage every worker can read (NFS, GCS): with one
+    process (any other strategy) this is a plain CheckpointManager on `chief_dir`.
+    """
+
+    def __init__(self, checkpoint: tf.train.Checkpoint, chief_dir: str, is_chief: bool,
+                 temp_prefix: str, max_to_keep: int):
+        self.chief_dir, self.is_chief = chief_dir, is_chief
+        self.save_dir = chief_dir if is_chief else tempfile.mkdtemp(prefix=temp_prefix)
+        self.manager = tf.train.CheckpointManager(checkpoint, self.save_dir,
+                                                  max_to_keep=max_to_keep)
+
+    @property
+    def latest(self) -> str | None:
+        """The chief's latest checkpoint (what every worker restores)."""
+        return tf.train.latest_checkpoint(self.chief_dir)
+
+    def save(self, checkpoint_number: int) -> str:
+        """Saves on every worker; returns the path of the chief's copy."""
+        path = self.manager.save(checkpoint_number=checkpoint_number)
+        if not self.is_chief:  # only the chief's copy is kept
+            shutil.rmtree(self.save_dir, ignore_errors=True)
+            path = os.path.join(self.chief_dir, os.path.basename(path))
+        return path
+
+    def check_resumed_together(self, strategy: tf.distribute.Strategy, step: int,
+                               restored: str | None) -> None:
+        """Under multi_worker, fails unless every worker restored the same `step` (from
+        `restored`, None: none) (a collective: every worker must call it). A --model_dir
+        that is not shared leaves the workers at different steps."""
+        if not is_multi_worker(strategy):
+            return
+        low, high = agreed_step(strategy, step)
+        if low != high:
+            raise ValueError(
+                f"the workers resumed from different steps ({low} to {high}; this one from "
+                f"{restored or 'scratch'}): every worker must read the chief's "
+                f"{self.chief_dir}, so --model_dir must be shared storage (NFS, GCS)")
+
+    def close(self) -> None:
+        """Deletes a non-chief worker's temporary directory."""
+        if not self.is_chief:
+            shutil.rmtree(self.save_dir, ignore_errors=True)

@@ -30,15 +30,16 @@ def cell_keep_prob(keep_prob: float, cell_index: int, num_cells: int, progress=1
     return 1.0 - progress * (1.0 - final)
 
 
-def drop_path(x, keep_prob):
+def drop_path(x, keep_prob, seed=None):
     """Zeroes whole samples of `x` with probability 1 - keep_prob, scales the rest by 1/keep.
 
     The mask is drawn per sample (shape [N, 1, 1, 1] for NHWC), as the official network.
+    `seed`: a `keras.random.SeedGenerator` (or anything `keras.random.uniform` takes).
     """
     keep_prob = tf.cast(keep_prob, x.dtype)
     noise_shape = tf.concat([tf.shape(x)[:1], tf.ones([tf.rank(x) - 1], tf.int32)], axis=0)
     # floor(keep + U[0, 1)) is 1 with probability keep, else 0.
-    mask = tf.floor(keep_prob + tf.random.uniform(noise_shape, dtype=x.dtype))
+    mask = tf.floor(keep_prob + keras.random.uniform(noise_shape, dtype=x.dtype, seed=seed))
     return x * (mask / keep_prob)
 
 
@@ -48,14 +49,26 @@ class DropPath(keras.layers.Layer):
 
     `call(x, keep_prob, training)`: keep_prob is a float or scalar tensor; at inference (or
     with keep_prob == 1) the input comes back unchanged, so outputs are deterministic.
+
+    The masks come from the layer's own `SeedGenerator`, whose state is a variable of the
+    model: checkpointed with it, so a resumed run draws the masks an uninterrupted one would
+    (a global-seed op would restart its sequence on resume).
     """
+
+    def __init__(self, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
 
     def call(self, x, keep_prob=1.0, training=None):
         if not training:
             return x
         if isinstance(keep_prob, (int, float)) and keep_prob >= 1.0:
             return x
-        return drop_path(x, keep_prob)
+        return drop_path(x, keep_prob, seed=self.seed_generator)
+
+    def get_config(self):
+        return {**super().get_config(), "seed": self.seed}
 
 
 class DropPathSchedule(keras.callbacks.Callback):

@@ -2,8 +2,9 @@
 
 `run_retrain(RetrainConfig(...))`
 
-* builds `AutoDeepLab` and an SGD optimizer (momentum, poly learning rate from
-  `base_learning_rate` with power 0.9 to 0 at `train_steps`) inside the strategy scope;
+* builds `AutoDeepLab` and its optimizer (the paper's SGD with momentum, or Adam for short
+  runs; poly learning rate from `base_learning_rate` with power 0.9 to 0 at `train_steps`)
+  inside the strategy scope;
 * minimises pixel cross-entropy (the ignore label excluded) plus L2 weight decay
   (`weight_decay` * sum(w^2) / 2 over every convolution kernel, as slim's l2_regularizer);
   both are divided by the number of replicas because the replicas' gradients are summed;
@@ -16,6 +17,13 @@
 * logs loss / learning rate / steps per second to TensorBoard (MODEL_DIR) and, at each
   checkpoint, the input, ground truth and prediction of a few training crops in the dataset's
   palette.
+
+With --strategy=multi_worker (MultiWorkerMirroredStrategy; README, "Running on several
+machines") every worker runs this same loop on its shard of each global batch. Only the chief
+writes MODEL_DIR (retrain_config.json, checkpoints, TensorBoard); the others save their
+checkpoints, which involves collectives, to a temporary local directory deleted right after,
+and every worker resumes from the chief's MODEL_DIR/checkpoints, so MODEL_DIR must be storage
+every worker can read (NFS, GCS).
 """
 
 from __future__ import annotations
@@ -35,9 +43,13 @@ from auto_deeplab_tf import checkpointing
 from auto_deeplab_tf import distribute
 from auto_deeplab_tf import palette as palette_lib
 from auto_deeplab_tf import progress as progress_lib
+from auto_deeplab_tf import summaries
 from auto_deeplab_tf.fixed_network import MODEL_SIZES, AutoDeepLab
 
 CONFIG_FILENAME = "retrain_config.json"
+# sgd: the paper's (with --momentum). adam: for short runs such as the demo, where SGD stays
+# on the background-only plateau for thousands of steps.
+OPTIMIZERS = ("sgd", "adam")
 CHECKPOINT_SUBDIR = "checkpoints"
 MODEL_NAME = "autodeeplab"
 LEARNING_POWER = 0.9
@@ -46,7 +58,7 @@ LEARNING_POWER = 0.9
 # the schedule.
 _RESUME_KEYS = ("dataset", "filter_multiplier", "stem_filters", "aspp_filters",
                 "decoder_filters", "batch_size", "crop_size", "min_scale", "max_scale", "seed",
-                "train_steps", "num_classes")
+                "train_steps", "num_classes", "optimizer")
 
 
 class RetrainDiverged(RuntimeError):
@@ -71,6 +83,7 @@ class RetrainConfig:
     max_scale: float = 2.0
     train_steps: int = 1_500_000
     base_learning_rate: float = 0.05
+    optimizer: str = "sgd"
     momentum: float = 0.9
     weight_decay: float = 4e-5
     drop_path_keep_prob: float = 1.0
@@ -85,6 +98,8 @@ class RetrainConfig:
     num_summary_images: int = 3
     deterministic: bool = False
     jit_compile: bool = False
+    collective_communication: str = "auto"  # multi_worker: auto, ring or nccl
+    collective_timeout_s: float = distribute.DEFAULT_COLLECTIVE_TIMEOUT_S  # 0: unbounded
     num_classes: int | None = None  # filled in from the dataset
 
     def validate(self) -> None:
@@ -101,6 +116,9 @@ class RetrainConfig:
                              f"max_scale, got {self.min_scale} and {self.max_scale}")
         if not self.base_learning_rate > 0:
             raise ValueError(f"--base_learning_rate must be > 0, got {self.base_learning_rate}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"--optimizer={self.optimizer}: unknown optimizer, expected one of "
+                             f"{', '.join(OPTIMIZERS)}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"--momentum must be in [0, 1), got {self.momentum}")
         if self.weight_decay < 0:
@@ -112,22 +130,17 @@ class RetrainConfig:
             raise ValueError(f"--bn_momentum must be in [0, 1), got {self.bn_momentum}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"--max_steps must be >= 1, got {self.max_steps}")
-        if self.strategy not in distribute.STRATEGIES:
-            raise ValueError(f"--strategy={self.strategy}: unknown strategy, expected one of "
-                             f"{', '.join(distribute.STRATEGIES)}")
-        if self.strategy == "multi_worker":
-            # Every worker would write MODEL_DIR at once: retraining has no chief-only
-            # checkpointing yet (search has).
-            raise ValueError("--strategy=multi_worker: multi-worker retraining is not "
-                             "supported yet; use default, one_device or mirrored")
+        distribute.validate_options(self.strategy, self.collective_communication,
+                                    self.collective_timeout_s)
 
 
 @dataclasses.dataclass
 class RetrainResult:
     global_step: int
     completed: bool  # False when stopped early by max_steps
-    checkpoint: str | None
+    checkpoint: str | None  # the chief's (on every worker)
     last_loss: float
+    model: keras.Model | None = None  # the trained network (this worker's copy)
 
 
 def load_architecture(spec: str) -> architecture_lib.Architecture:
@@ -223,7 +236,7 @@ def decayed_variables(model: keras.Model) -> list:
     return [v for v in model.trainable_variables if len(v.shape) == 4]
 
 
-def _check_resume_config(config_dict: dict, model_dir: str) -> None:
+def _check_resume_config(config_dict: dict, model_dir: str, write: bool = True) -> None:
     path = os.path.join(model_dir, CONFIG_FILENAME)
     if tf.io.gfile.exists(path):
         with tf.io.gfile.GFile(path) as f:
@@ -237,20 +250,50 @@ def _check_resume_config(config_dict: dict, model_dir: str) -> None:
                     f"{path}: this run has --{flag}={shown} but {model_dir} holds a retraining "
                     f"run with a different {flag} ({saved.get(flag, saved[key])}); resume with "
                     "the same settings or use another --model_dir")
+    if not write:
+        return
     tmp = f"{path}.tmp"
     with tf.io.gfile.GFile(tmp, "w") as f:
         json.dump(config_dict, f, indent=2)
     tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
-class _Writer:
-    def __init__(self, model_dir: str):
-        self.writer = tf.summary.create_file_writer(model_dir)
+def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
+                    strategy: tf.distribute.Strategy, num_classes: int, ignore_label: int,
+                    weight_decay: float, train_steps: int, jit_compile: bool = False
+                    ) -> Callable:
+    """A traced function running one training step on a distributed (images, labels) batch;
+    returns (cross-entropy, weight decay loss), each the mean over replicas."""
+    num_replicas = strategy.num_replicas_in_sync
+    decayed = decayed_variables(model)
+    trainable = model.trainable_variables
 
-    def scalars(self, step: int, values: dict) -> None:
-        with self.writer.as_default(step=step):
-            for name, value in values.items():
-                tf.summary.scalar(name, float(value))
+    def replica_step(images, labels):
+        progress = tf.minimum(1.0, tf.cast(optimizer.iterations, tf.float32) / train_steps)
+        with tf.GradientTape() as tape:
+            logits = model(images, training=True, drop_path_progress=progress)
+            ce = masked_cross_entropy(labels, logits, num_classes, ignore_label)
+            l2 = weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in decayed])
+            # Gradients are summed over replicas: scale each replica's share.
+            loss = (ce + l2) / num_replicas
+        grads = tape.gradient(loss, trainable)
+        optimizer.apply_gradients(zip(grads, trainable))
+        return tf.stack([ce, l2]) / num_replicas
+
+    @tf.function(jit_compile=jit_compile)
+    def train_step(batch):
+        images, labels = batch
+        losses = strategy.run(replica_step, args=(images, labels))
+        # One all-reduce for both: under multi_worker each timed collective op holds a
+        # sleeping thread for --collective_timeout_s (distribute.py).
+        losses = strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
+        return losses[0], losses[1]
+
+    return train_step
+
+
+class _Writer(summaries.SummaryWriter):
+    """TensorBoard summaries of a retraining run (none on a non-chief worker)."""
 
     def images(self, step: int, images, labels, predictions, palette) -> None:
         with self.writer.as_default(step=step):
@@ -282,7 +325,10 @@ def run_retrain(config: RetrainConfig,
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
-    strategy = distribute.make_strategy(config.strategy)
+    strategy = distribute.make_strategy(config.strategy, config.collective_communication,
+                                        config.collective_timeout_s)
+    is_chief, task_type, task_id = distribute.worker_role(strategy)
+    log = distribute.worker_log(strategy, log, "retraining", model_dir)
 
     if dataset_fn is None:
         from datasets import input_pipeline, registry  # the data layer is optional for tests
@@ -317,14 +363,17 @@ def run_retrain(config: RetrainConfig,
     config_dict["stem_filters"] = list(config.stem_filters)
     config_dict["architecture_spec"] = arch.to_dict()
     config_dict["ignore_label"] = int(ignore_label)
-    _check_resume_config(config_dict, model_dir)
+    _check_resume_config(config_dict, model_dir, write=is_chief)
 
     with strategy.scope():
         model = build_model(config_dict)
         schedule = keras.optimizers.schedules.PolynomialDecay(
             config.base_learning_rate, decay_steps=config.train_steps,
             end_learning_rate=0.0, power=LEARNING_POWER)
-        optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum, name="sgd")
+        if config.optimizer == "adam":
+            optimizer = keras.optimizers.Adam(schedule, name="adam")
+        else:
+            optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum, name="sgd")
         optimizer.build(model.trainable_variables)
     # Read and written only from Python, between steps: a plain variable, not a mirrored one.
     step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
@@ -332,43 +381,36 @@ def run_retrain(config: RetrainConfig,
         model=checkpointing.VariableBundle.for_model(model),
         optimizer=checkpointing.VariableBundle(optimizer.variables),
         global_step=step_var)
-    manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, CHECKPOINT_SUBDIR),
-                                         max_to_keep=5)
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        log(f"resumed from {manager.latest_checkpoint} at step {int(step_var)} of "
-            f"{config.train_steps}")
+    checkpoints = distribute.ChiefCheckpoints(
+        checkpoint, os.path.join(model_dir, CHECKPOINT_SUBDIR), is_chief,
+        temp_prefix=f"retrain_{task_type}{task_id}_ckpt_", max_to_keep=5)
+    try:
+        return _retrain_loop(config, model, optimizer, schedule, strategy, checkpoint, step_var,
+                             checkpoints, is_chief, steps_per_epoch, dataset_fn, num_classes,
+                             ignore_label, palette, log)
+    finally:
+        checkpoints.close()
+
+
+def _retrain_loop(config, model, optimizer, schedule, strategy, checkpoint, step_var,
+                  checkpoints, is_chief, steps_per_epoch, dataset_fn, num_classes,
+                  ignore_label, palette, log) -> RetrainResult:
+    latest = checkpoints.latest  # every worker resumes from the chief's
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+        log(f"resumed from {latest} at step {int(step_var)} of {config.train_steps}")
+    checkpoints.check_resumed_together(strategy, int(step_var), latest)
 
     num_replicas = strategy.num_replicas_in_sync
-    decayed = decayed_variables(model)
-    trainable = model.trainable_variables
     train_steps = config.train_steps
-
-    def replica_step(images, labels):
-        progress = tf.minimum(1.0, tf.cast(optimizer.iterations, tf.float32) / train_steps)
-        with tf.GradientTape() as tape:
-            logits = model(images, training=True, drop_path_progress=progress)
-            ce = masked_cross_entropy(labels, logits, num_classes, ignore_label)
-            l2 = config.weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in decayed])
-            # Gradients are summed over replicas: scale each replica's share.
-            loss = (ce + l2) / num_replicas
-        grads = tape.gradient(loss, trainable)
-        optimizer.apply_gradients(zip(grads, trainable))
-        return ce / num_replicas, l2 / num_replicas
-
-    @tf.function(jit_compile=config.jit_compile)
-    def train_step(batch):
-        images, labels = batch
-        ce, l2 = strategy.run(replica_step, args=(images, labels))
-        return (strategy.reduce(tf.distribute.ReduceOp.SUM, ce, axis=None),
-                strategy.reduce(tf.distribute.ReduceOp.SUM, l2, axis=None))
-
-    writer = _Writer(model_dir)
+    train_step = make_train_step(model, optimizer, strategy, num_classes, ignore_label,
+                                 config.weight_decay, train_steps, config.jit_compile)
+    writer = _Writer(config.model_dir if is_chief else None)
     last_batch = None
 
     def save() -> str:
-        path = manager.save(checkpoint_number=int(step_var))
-        if last_batch is not None and config.num_summary_images > 0:
+        path = checkpoints.save(int(step_var))
+        if is_chief and last_batch is not None and config.num_summary_images > 0:
             images, labels = (strategy.experimental_local_results(t)[0] for t in last_batch)
             images = images[:config.num_summary_images]
             labels = labels[:config.num_summary_images]
@@ -387,13 +429,14 @@ def run_retrain(config: RetrainConfig,
         data = data.take(stop_at - int(step_var))
         for batch in strategy.experimental_distribute_dataset(data):
             if steps_run == 0:
-                log("tracing the training step (the first step builds the graph and takes "
-                    "longer)...")
+                local = strategy.experimental_local_results(batch[0])[0].shape[0]
+                log(f"tracing the training step ({local} images a replica, {num_replicas} "
+                    "replicas; the first step builds the graph and takes longer)...")
             ce, l2 = train_step(batch)
             ce, l2 = float(ce), float(l2)
             loss = ce + l2
             if not np.isfinite(loss):
-                last = manager.latest_checkpoint or "none (nothing was saved yet)"
+                last = checkpoints.latest or "none (nothing was saved yet)"
                 raise RetrainDiverged(
                     f"loss became NaN or Inf at step {int(step_var) + 1} (cross-entropy {ce}, "
                     f"weight decay {l2}); stopping. Nothing from this step was saved; the last "
@@ -416,7 +459,7 @@ def run_retrain(config: RetrainConfig,
             if step % config.checkpoint_every_steps == 0 and step < stop_at:
                 save()
                 meter.restart_clock(step)
-    path = manager.latest_checkpoint
+    path = checkpoints.latest
     if steps_run or path is None or checkpoint_step(path) != int(step_var):
         path = save()
     writer.writer.flush()
@@ -429,4 +472,4 @@ def run_retrain(config: RetrainConfig,
         log(f"stopped at step {int(step_var)} of {train_steps} (--max_steps) after {elapsed:.0f}"
             f" s; checkpoint {path}. Re-run the same command to resume.")
     return RetrainResult(global_step=int(step_var), completed=completed, checkpoint=path,
-                         last_loss=loss)
+                         last_loss=loss, model=model)

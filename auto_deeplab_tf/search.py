@@ -25,8 +25,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 import time
 from typing import Callable
 
@@ -41,6 +39,7 @@ from auto_deeplab_tf import distribute
 from auto_deeplab_tf import metrics as metrics_lib
 from auto_deeplab_tf import progress
 from auto_deeplab_tf import search_space
+from auto_deeplab_tf import summaries
 from auto_deeplab_tf import visualize
 from auto_deeplab_tf.architecture import Architecture
 from auto_deeplab_tf.search_model import SearchModel
@@ -105,16 +104,8 @@ class SearchConfig:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ValueError(f"--{name} must be >= 1, got {v}")
-        if self.strategy not in distribute.STRATEGIES:
-            raise ValueError(f"--strategy={self.strategy}: unknown strategy, expected one of "
-                             f"{', '.join(distribute.STRATEGIES)}")
-        if self.collective_communication not in distribute.COLLECTIVE_COMMUNICATIONS:
-            raise ValueError(f"--collective_communication={self.collective_communication}: "
-                             "expected one of "
-                             f"{', '.join(distribute.COLLECTIVE_COMMUNICATIONS)}")
-        if self.collective_timeout_s < 0:
-            raise ValueError(f"--collective_timeout_s must be >= 0, got "
-                             f"{self.collective_timeout_s}")
+        distribute.validate_options(self.strategy, self.collective_communication,
+                                    self.collective_timeout_s)
 
 
 @dataclasses.dataclass
@@ -184,18 +175,8 @@ def make_step_function(model: SearchModel, strategy: tf.distribute.Strategy,
     return step
 
 
-class _Writer:
-    """TensorBoard summaries of a search run."""
-
-    def __init__(self, model_dir: str | None):
-        # None: a non-chief worker, which writes nothing.
-        self.writer = (tf.summary.create_file_writer(model_dir) if model_dir
-                       else tf.summary.create_noop_writer())
-
-    def scalars(self, step: int, values: dict) -> None:
-        with self.writer.as_default(step=step):
-            for name, value in values.items():
-                tf.summary.scalar(name, float(value))
+class _Writer(summaries.SummaryWriter):
+    """TensorBoard summaries of a search run (none on a non-chief worker)."""
 
     def architecture(self, step: int, alpha_w: np.ndarray, beta_w: np.ndarray,
                      arch: Architecture) -> None:
@@ -226,15 +207,7 @@ def run_search(config: SearchConfig,
     strategy = distribute.make_strategy(config.strategy, config.collective_communication,
                                         config.collective_timeout_s)
     is_chief, task_type, task_id = distribute.worker_role(strategy)
-    multi_worker = distribute.is_multi_worker(strategy)
-    if multi_worker:
-        outer_log = log
-
-        def log(line: str) -> None:
-            outer_log(f"[{task_type} {task_id}] {line}")
-
-        log(f"multi-worker search: {strategy.num_replicas_in_sync} replicas in all, "
-            f"{'chief: writes' if is_chief else 'not the chief: reads'} {model_dir}")
+    log = distribute.worker_log(strategy, log, "search", model_dir)
 
     ignore_label = 255
     if dataset_fn is None:
@@ -274,45 +247,27 @@ def run_search(config: SearchConfig,
         weight_optimizer=checkpointing.VariableBundle(model.weight_optimizer.variables),
         arch_optimizer=checkpointing.VariableBundle(model.arch_optimizer.variables),
         epoch=epoch_var, step_in_epoch=step_var)
-    chief_dir = os.path.join(model_dir, CHECKPOINT_SUBDIR)
-    # Saving involves collectives, so every worker saves; a non-chief into a private local
-    # directory that is deleted after each save and at the end.
-    save_dir = chief_dir if is_chief else tempfile.mkdtemp(
-        prefix=f"search_{task_type}{task_id}_ckpt_")
+    checkpoints = distribute.ChiefCheckpoints(
+        checkpoint, os.path.join(model_dir, CHECKPOINT_SUBDIR), is_chief,
+        temp_prefix=f"search_{task_type}{task_id}_ckpt_", max_to_keep=3)
     try:
         return _search_loop(config, model, strategy, checkpoint, epoch_var, step_var,
-                            chief_dir, save_dir, is_chief, multi_worker, steps_per_epoch,
-                            total_steps, dataset_fn, log)
+                            checkpoints, is_chief, steps_per_epoch, total_steps, dataset_fn,
+                            log)
     finally:
-        if not is_chief:
-            shutil.rmtree(save_dir, ignore_errors=True)
+        checkpoints.close()
 
 
-def _agreed_step(strategy: tf.distribute.Strategy, value: int) -> tuple[int, int]:
-    """(min, max) of `value` over the replicas (a collective: every worker must call it)."""
-    per_replica = strategy.run(lambda: tf.constant([float(value)], tf.float32))
-    values = strategy.gather(per_replica, axis=0).numpy()
-    return int(values.min()), int(values.max())
-
-
-def _search_loop(config, model, strategy, checkpoint, epoch_var, step_var, chief_dir,
-                 save_dir, is_chief, multi_worker, steps_per_epoch, total_steps, dataset_fn,
-                 log) -> SearchResult:
+def _search_loop(config, model, strategy, checkpoint, epoch_var, step_var, checkpoints,
+                 is_chief, steps_per_epoch, total_steps, dataset_fn, log) -> SearchResult:
     model_dir = config.model_dir
-    manager = tf.train.CheckpointManager(checkpoint, save_dir, max_to_keep=3)
-    latest = tf.train.latest_checkpoint(chief_dir)  # every worker resumes from the chief's
+    latest = checkpoints.latest  # every worker resumes from the chief's
     if latest:
         checkpoint.restore(latest).assert_existing_objects_matched()
         log(f"resumed from {latest} at epoch {int(epoch_var) + 1}, step "
             f"{int(step_var)} of {steps_per_epoch}")
-    if multi_worker:
-        restored = int(epoch_var) * steps_per_epoch + int(step_var)
-        low, high = _agreed_step(strategy, restored)
-        if low != high:
-            raise ValueError(
-                f"the workers resumed from different steps ({low} to {high}; this one from "
-                f"{latest or 'scratch'}): every worker must read the chief's "
-                f"{chief_dir}, so --model_dir must be shared storage (NFS, GCS)")
+    checkpoints.check_resumed_together(
+        strategy, int(epoch_var) * steps_per_epoch + int(step_var), latest)
     writer = _Writer(model_dir if is_chief else None)
     step_fns = {}
     previous_arch = None
@@ -324,11 +279,7 @@ def _search_loop(config, model, strategy, checkpoint, epoch_var, step_var, chief
         return int(epoch_var) * steps_per_epoch + int(step_var)
 
     def save() -> str:
-        path = manager.save(checkpoint_number=global_step())
-        if not is_chief:  # only the chief's copy is kept
-            shutil.rmtree(save_dir, ignore_errors=True)
-            path = os.path.join(chief_dir, os.path.basename(path))
-        return path
+        return checkpoints.save(global_step())
 
     def finish_epoch(epoch: int) -> None:
         nonlocal previous_arch
@@ -389,7 +340,7 @@ def _search_loop(config, model, strategy, checkpoint, epoch_var, step_var, chief
                 meter.restart_clock(global_step() + 1)
             loss_a, loss_b = float(loss_a), float(loss_b)
             if not (np.isfinite(loss_a) and np.isfinite(loss_b)):
-                last = tf.train.latest_checkpoint(chief_dir) or "none (nothing was saved yet)"
+                last = checkpoints.latest or "none (nothing was saved yet)"
                 raise SearchDiverged(
                     f"loss became NaN or Inf at epoch {epoch + 1}, step "
                     f"{int(step_var) + 1} (loss A {loss_a}, loss B {loss_b}); stopping. "

@@ -1,9 +1,12 @@
-"""Benchmark: search steps/s with 2 local MultiWorkerMirroredStrategy workers vs 1 process.
+"""Benchmark: search (or retrain) steps/s with 2 local MultiWorkerMirroredStrategy workers vs
+1 process.
 
-  python -m bench.multi_worker [--steps=20] [--batch_size=4] [--crop_size=64] \
-      [--filter_multiplier=4] [--num_layers=6] [--collective_communication=auto]
+  python -m bench.multi_worker [--job=search|retrain] [--steps=20] [--batch_size=4] \
+      [--crop_size=64] [--filter_multiplier=4] [--num_layers=6] [--collective_communication=auto]
 
-Runs the same bilevel search step on the same global batch (random data) twice, on the CPU:
+Runs the same bilevel search step (--job=retrain: the retraining step of the paper's
+Auto-DeepLab network with F=--filter_multiplier, stem 2F,2F,4F, ASPP and decoder 8F) on the
+same global batch (random data) twice, on the CPU:
 once in one process (OneDeviceStrategy) and once as 2 worker processes on 127.0.0.1 (TF_CONFIG,
 each worker takes half of every global batch). Prints one JSON line: steps/s of each, and
 their ratio (2 workers / 1 process). Both workers share this machine's cores, so this checks
@@ -31,7 +34,10 @@ _L = flags.DEFINE_integer("num_layers", 6, "L.")
 _COMM = flags.DEFINE_enum("collective_communication", "auto", ["auto", "ring", "nccl"],
                           "All-reduce implementation of the 2-worker run.")
 _TIMEOUT = flags.DEFINE_integer("timeout_s", 600, "Bound on each run.")
+_COLLECTIVE_TIMEOUT = flags.DEFINE_float("collective_timeout_s", 300, "Bound on each "
+                                         "collective op of the 2-worker run (0: unbounded).")
 _ROLE = flags.DEFINE_string("role", None, "Internal: 'single' or 'worker' (a child process).")
+_JOB = flags.DEFINE_enum("job", "search", ["search", "retrain"], "Which training step to time.")
 
 
 def _child() -> None:
@@ -39,24 +45,39 @@ def _child() -> None:
     import numpy as np
     import tensorflow as tf
 
+    import keras
+
+    from auto_deeplab_tf import architecture
     from auto_deeplab_tf import distribute
+    from auto_deeplab_tf import retrain as retrain_lib
     from auto_deeplab_tf import search as search_lib
 
     name = "one_device" if _ROLE.value == "single" else "multi_worker"
-    strategy = distribute.make_strategy(name, _COMM.value, collective_timeout_s=300)
+    strategy = distribute.make_strategy(name, _COMM.value, _COLLECTIVE_TIMEOUT.value)
     is_chief = distribute.worker_role(strategy)[0]
-    config = search_lib.SearchConfig(model_dir="/unused", batch_size=_BATCH.value,
-                                     crop_size=_CROP.value, filter_multiplier=_F.value,
-                                     num_layers=_L.value)
     steps = _STEPS.value + 2
-    with strategy.scope():
-        model = search_lib.build_search_model(config, 19, total_steps=steps)
-    step = search_lib.make_step_function(model, strategy, update_arch=True)
     rng = np.random.default_rng(0)
-    n, c = _BATCH.value, _CROP.value
+    n, c, f = _BATCH.value, _CROP.value, _F.value
     half = (rng.uniform(-1, 1, (n, c, c, 3)).astype(np.float32),
             rng.integers(0, 19, (n, c, c)).astype(np.int32))
-    data = tf.data.Dataset.from_tensors((half, half)).repeat(steps)
+    if _JOB.value == "search":
+        config = search_lib.SearchConfig(model_dir="/unused", batch_size=n, crop_size=c,
+                                         filter_multiplier=f, num_layers=_L.value)
+        with strategy.scope():
+            model = search_lib.build_search_model(config, 19, total_steps=steps)
+        step = search_lib.make_step_function(model, strategy, update_arch=True)
+        data = tf.data.Dataset.from_tensors((half, half)).repeat(steps)
+    else:
+        with strategy.scope():
+            model = retrain_lib.build_model({
+                "architecture_spec": architecture.get_architecture("autodeeplab").to_dict(),
+                "num_classes": 19, "filter_multiplier": f, "stem_filters": [2 * f, 2 * f, 4 * f],
+                "aspp_filters": 8 * f, "decoder_filters": 8 * f})
+            optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
+            optimizer.build(model.trainable_variables)
+        step = retrain_lib.make_train_step(model, optimizer, strategy, 19, 255,
+                                           weight_decay=4e-5, train_steps=steps)
+        data = tf.data.Dataset.from_tensors(half).repeat(steps)
     batches = iter(strategy.experimental_distribute_dataset(data))
     for _ in range(2):  # tracing, then one more warm-up step
         float(step(next(batches))[0])
@@ -88,7 +109,7 @@ def _launch(role: str, workers: int) -> dict:
     args = [sys.executable, "-m", "bench.multi_worker", f"--role={role}"] + [
         f"--{f}={flags.FLAGS[f].value}" for f in (
             "steps", "batch_size", "crop_size", "filter_multiplier", "num_layers",
-            "collective_communication")]
+            "collective_communication", "job", "collective_timeout_s")]
     ports = _free_ports(workers)
     procs = []
     try:
@@ -120,7 +141,7 @@ def main(argv):
     single = _launch("single", 1)
     multi = _launch("worker", 2)
     print(json.dumps({
-        "global_batch": _BATCH.value, "crop": _CROP.value, "F": _F.value, "L": _L.value,
+        "job": _JOB.value, "global_batch": _BATCH.value, "crop": _CROP.value, "F": _F.value, "L": _L.value,
         "steps": _STEPS.value, "cpus": os.cpu_count(),
         "one_process_steps_per_s": round(single["steps_per_s"], 3),
         "two_workers_steps_per_s": round(multi["steps_per_s"], 3),

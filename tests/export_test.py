@@ -54,10 +54,15 @@ def test_fresh_process_gives_the_keras_labels(exported):
     model, _, _ = retrain_lib.load_trained_model(model_dir)
     logits = model(export_lib.normalize_image(images), training=False)
     expected = tf.argmax(logits, -1, output_type=tf.int32).numpy()
+    probs = tf.nn.softmax(logits).numpy()
     assert served["semantic"].dtype == np.int32 and served["semantic"].shape == (2, 29, 45)
-    np.testing.assert_array_equal(served["semantic"], expected)
-    np.testing.assert_allclose(served["probabilities"], tf.nn.softmax(logits).numpy(),
-                               atol=1e-5)
+    np.testing.assert_allclose(served["probabilities"], probs, atol=1e-5)
+    # Labels agree except where two classes tie to within float noise (graph and eager
+    # kernels may sum in another order).
+    differ = served["semantic"] != expected
+    assert differ.mean() < 0.01
+    chosen = np.take_along_axis(probs, served["semantic"][..., None], -1)[..., 0]
+    np.testing.assert_allclose(chosen[differ], probs.max(-1)[differ], atol=1e-5)
 
 
 def test_saved_model_cli_shows_both_signatures(exported):

@@ -1,8 +1,10 @@
-"""Multi-worker search: two local CPU workers (MultiWorkerMirroredStrategy over 127.0.0.1).
+"""Multi-worker search and retraining: two local CPU workers (MultiWorkerMirroredStrategy
+over 127.0.0.1).
 
 Each worker is a subprocess (tests/multi_worker_entry.py) running `run_search` on the tiny
-config and synthetic data of tests/search_test.py. Every wait is bounded and every process
-is killed in a `finally`, so a hung collective fails the test instead of hanging CI.
+config and synthetic data of tests/search_test.py, or `run_retrain` on the tiny network of
+tests/segmentation_helpers.py. Every wait is bounded and every process is killed in a
+`finally`, so a hung collective fails the test instead of hanging CI.
 """
 
 import json
@@ -17,14 +19,19 @@ import types
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from auto_deeplab_tf import distribute
 from datasets import input_pipeline
+from tests import segmentation_helpers as sh
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_TIMEOUT_S = 150  # one whole run of a worker (start-up and tracing included)
-# Small bound on collectives and the cluster start-up so a dead peer is noticed quickly.
-COLLECTIVE_TIMEOUT_S = 30
+# Bound on collectives and the cluster start-up. A killed peer is noticed sooner (~10 s) by
+# TF's coordination service heartbeats; this bound must cover the skew between the workers
+# (one tracing or checkpointing more slowly): 30 s failed now and then on a loaded 2-core
+# machine.
+COLLECTIVE_TIMEOUT_S = 90
 
 
 def free_ports(n):
@@ -54,7 +61,8 @@ class Cluster:
         os.makedirs(out, exist_ok=True)
 
     def start(self, model_dir, overrides, *, duplicate=False, step_delay=0.0,
-              multi_worker=True):
+              multi_worker=True, job="search", no_dropout=False):
+        """`model_dir`: one for all workers, or a list of one each."""
         self.attempt += 1
         indices = range(len(self.ports)) if multi_worker else [0]
         for i in indices:
@@ -65,10 +73,14 @@ class Cluster:
                 env["TF_CONFIG"] = tf_config(self.ports, i)
             os.makedirs(env["TMPDIR"], exist_ok=True)
             cmd = [sys.executable, "-m", "tests.multi_worker_entry",
-                   f"--model_dir={model_dir}", f"--out={self.result_path(i)}",
-                   f"--overrides={json.dumps(overrides)}", f"--step_delay={step_delay}"]
+                   f"--model_dir={model_dir if isinstance(model_dir, str) else model_dir[i]}",
+                   f"--out={self.result_path(i)}",
+                   f"--overrides={json.dumps(overrides)}", f"--step_delay={step_delay}",
+                   f"--job={job}"]
             if duplicate:
                 cmd.append("--duplicate")
+            if no_dropout:
+                cmd.append("--no_dropout")
             with open(self.log_path(i), "w") as log:
                 self.procs[i] = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log,
                                                  stderr=subprocess.STDOUT)
@@ -221,6 +233,23 @@ def test_a_killed_worker_fails_the_job_and_the_relaunch_resumes(tmp_path, cluste
     assert (model_dir / "architectures" / "epoch_002.json").exists()
 
 
+def test_a_worker_whose_peers_never_start_exits_after_the_timeout(tmp_path):
+    # TensorFlow waits for the cluster without a deadline (and ignores SIGTERM meanwhile).
+    env = dict(os.environ, TF_CONFIG=tf_config(free_ports(2), 0), CUDA_VISIBLE_DEVICES="",
+               TF_CPP_MIN_LOG_LEVEL="3")
+    start = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "train.retrain", "--dataset=demo",
+                          f"--model_dir={tmp_path / 'run'}", "--strategy=multi_worker",
+                          "--collective_timeout_s=3"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert ("waiting up to 3 s (--collective_timeout_s) for every worker of the cluster (127.0."
+            in run.stderr)
+    assert "Timeout (0:00:03)!" in run.stderr
+    assert time.monotonic() - start < 60
+    assert not (tmp_path / "run" / "retrain_config.json").exists()
+
+
 def test_non_chief_workers_use_the_same_split_without_writing_it(tmp_path, monkeypatch):
     names = [f"image_{i:02d}" for i in range(11)]
     monkeypatch.setattr(input_pipeline, "split_names", lambda *args, **kwargs: names)
@@ -259,3 +288,106 @@ def test_bad_collective_communication_is_named():
         distribute.make_strategy("multi_worker", collective_communication="gloo")
     assert str(e.value) == ("--collective_communication=gloo: expected one of auto, ring, "
                             "nccl")
+
+
+def retrain_losses(log):
+    """{step: loss} of the progress lines of a retraining log."""
+    found = re.findall(r"^(?:\[worker \d\] )?step (\d+)/\d+ (?:\(epoch \d+\) )?\| loss ([0-9.]+)",
+                       log, re.M)
+    return {int(step): float(loss) for step, loss in found}
+
+
+def test_two_workers_retrain_resume_from_the_chief_match_one_process_only_the_chief_writes(
+        tmp_path, cluster):
+    """Retraining on 2 workers (one image each of a global batch of 2) for 2 steps, relaunched
+    for 2 more, against one uninterrupted process with the same global batch.
+
+    Each batch holds two copies of one image (as in the search test above) and dropout is
+    off, so every worker's batch-norm statistics and outputs equal the single-process ones and
+    the runs differ only by float reduction order. Tolerance: atol 1e-5 on every weight
+    (batch-norm statistics included) after 4 SGD steps, of which the last 2 moved some weight
+    by ~1.5e-2, and rtol 1e-4 on the logged losses (4 decimals); measured: weights within
+    1.2e-7, losses equal to 4 decimals. The two workers' weights are bitwise equal.
+
+    There is no killed-worker test for retraining: noticing a dead peer is the strategy's
+    (test_a_killed_worker_fails_the_job_and_the_relaunch_resumes covers it, ~2 min on 2
+    cores), and the relaunch resuming from the chief's checkpoint is checked here.
+    """
+    overrides = dict(architecture=sh.arch_file(tmp_path), train_steps=4,
+                     checkpoint_every_steps=2, deterministic=True,
+                     collective_timeout_s=COLLECTIVE_TIMEOUT_S)
+    model_dir = tmp_path / "multi"
+    checkpoints = model_dir / "checkpoints"
+    multi = dict(overrides, strategy="multi_worker")
+    cluster.start(str(model_dir), dict(multi, max_steps=2), duplicate=True, no_dropout=True,
+                  job="retrain")
+    assert cluster.wait() == {0: 0, 1: 0}, cluster.logs()
+    first = [cluster.log(0), cluster.log(1)]
+    assert "[worker 0] multi-worker retraining: 2 replicas in all, chief: writes" in first[0]
+    assert "[worker 1] multi-worker retraining: 2 replicas in all, not the chief" in first[1]
+    # The global batch is split: one image a replica.
+    assert "[worker 1] tracing the training step (1 images a replica, 2 replicas;" in first[1]
+    assert latest_step(checkpoints) == 2
+
+    # Relaunched, both workers resume from the chief's checkpoint and finish.
+    cluster.start(str(model_dir), multi, duplicate=True, no_dropout=True,
+                  job="retrain")
+    assert cluster.wait() == {0: 0, 1: 0}, cluster.logs()
+    logs = [cluster.log(0), cluster.log(1)]
+    for i in (0, 1):
+        assert (f"[worker {i}] resumed from {checkpoints}/ckpt-2 at step 2 of 4"
+                in logs[i]), logs[i][-3000:]
+    workers = [dict(np.load(cluster.result_path(i))) for i in (0, 1)]
+    assert all(int(w.pop("global_step")) == 4 and bool(w.pop("completed")) for w in workers)
+
+    # Only the chief wrote MODEL_DIR (one event file a run); the other worker's temporary
+    # checkpoints are gone.
+    events = [f for f in os.listdir(model_dir) if f.startswith("events.out")]
+    assert len(events) == 2
+    tags = {value.tag for name in events
+            for event in tf.compat.v1.train.summary_iterator(str(model_dir / name))
+            for value in event.summary.value}
+    assert {"train/loss", "train/image", "train/prediction"} <= tags
+    assert sorted(os.listdir(model_dir)) == sorted(["checkpoints", "retrain_config.json",
+                                                    *events])
+    assert sorted(f for f in os.listdir(checkpoints) if f.endswith(".index")) == [
+        "ckpt-2.index", "ckpt-4.index"]
+    assert not [f for f in os.listdir(cluster.tmpdir(1)) if f.startswith("retrain_worker")]
+
+    # The workers' weights are mirrored; the chief's checkpoint holds them.
+    assert workers[0].keys() == workers[1].keys()
+    for key in workers[0]:
+        np.testing.assert_array_equal(workers[0][key], workers[1][key], err_msg=key)
+    assert retrain_losses(logs[0]) == retrain_losses(logs[1])
+    final, halfway = (tf.train.load_checkpoint(str(checkpoints / f"ckpt-{n}")) for n in (4, 2))
+    moved = 0.0
+    for key, value in workers[0].items():
+        name = f"model/variables_by_path/{key}/.ATTRIBUTES/VARIABLE_VALUE"
+        np.testing.assert_array_equal(final.get_tensor(name), value, err_msg=key)
+        moved = max(moved, float(np.abs(value - halfway.get_tensor(name)).max()))
+
+    cluster.start(str(tmp_path / "single"), dict(overrides, strategy="one_device"),
+                  duplicate=True, no_dropout=True, multi_worker=False, job="retrain")
+    assert cluster.wait([0]) == {0: 0}, cluster.log(0)
+    single = dict(np.load(cluster.result_path(0)))
+    assert int(single.pop("global_step")) == 4 and bool(single.pop("completed"))
+    losses, single_losses = retrain_losses(first[0] + logs[0]), retrain_losses(cluster.log(0))
+    assert sorted(losses) == sorted(single_losses) == [1, 2, 3, 4]
+    np.testing.assert_allclose([losses[s] for s in range(1, 5)],
+                               [single_losses[s] for s in range(1, 5)], rtol=1e-4)
+    assert single.keys() == workers[0].keys()
+    for key in workers[0]:
+        np.testing.assert_allclose(workers[0][key], single[key], rtol=0, atol=1e-5,
+                                   err_msg=key)
+    assert moved > 1e-3  # the last 2 steps moved the weights far beyond the tolerance
+
+    # A --model_dir that the workers do not share: they cannot resume together.
+    other = tmp_path / "not_shared"
+    cluster.start([str(model_dir), str(other)], multi, job="retrain")
+    assert cluster.wait() == {0: 2, 1: 2}, cluster.logs()
+    message = ("error: the workers resumed from different steps (0 to 4; this one from {}): "
+               f"every worker must read the chief's {checkpoints}, so --model_dir must be "
+               "shared storage (NFS, GCS)")
+    assert message.format(checkpoints / "ckpt-4") in cluster.log(0), cluster.log(0)[-3000:]
+    assert message.format("scratch").replace(str(model_dir), str(other)) in cluster.log(1)
+    assert os.listdir(other) == []  # the non-chief wrote no retrain_config.json

@@ -64,6 +64,58 @@ def test_changed_setting_on_resume_names_the_flag(data_dir, tmp_path):
         sh.tiny_retrain(tmp_path / "run", data_dir, train_steps=2, crop_size=24)
 
 
+def _model_tensors(model_dir):
+    reader = tf.train.load_checkpoint(os.path.join(model_dir, "checkpoints"))
+    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+            if k.startswith(("model/", "optimizer/"))}
+
+
+def test_stopped_and_resumed_run_equals_an_uninterrupted_one(data_dir, tmp_path):
+    # With op determinism the data order, the dropout and drop-path draws and the optimizer
+    # state all come back on resume, so the result is bit-identical (tolerance 0).
+    settings = dict(train_steps=4, deterministic=True, drop_path_keep_prob=0.8)
+    sh.tiny_retrain(tmp_path / "straight", data_dir, **settings)
+    sh.tiny_retrain(tmp_path / "resumed", data_dir, max_steps=3, **settings)
+    result, logs = sh.tiny_retrain(tmp_path / "resumed", data_dir, **settings)
+    assert any("at step 3 of 4" in line for line in logs) and result.completed
+    straight = _model_tensors(tmp_path / "straight")
+    resumed = _model_tensors(tmp_path / "resumed")
+    assert straight.keys() == resumed.keys() and len(straight) > 20
+    for key, value in straight.items():
+        np.testing.assert_array_equal(resumed[key], value, err_msg=key)
+
+
+def test_adam_optimizer_is_checkpointed_and_pinned_on_resume(data_dir, tmp_path):
+    result, _ = sh.tiny_retrain(tmp_path / "run", data_dir, optimizer="adam", max_steps=1,
+                                train_steps=2)
+    reader = tf.train.load_checkpoint(os.path.join(tmp_path / "run", "checkpoints"))
+    names = list(reader.get_variable_to_shape_map())
+    # Adam keeps two moments per weight; SGD with momentum only one.
+    assert any("velocit" in k for k in names) and any("momentum" in k for k in names)
+    with pytest.raises(ValueError, match="--optimizer=sgd but .* different optimizer"):
+        sh.tiny_retrain(tmp_path / "run", data_dir, optimizer="sgd", train_steps=2)
+    with pytest.raises(ValueError, match="^--optimizer=rmsprop: unknown optimizer, expected "
+                                         "one of sgd, adam$"):
+        sh.tiny_retrain(tmp_path / "other", data_dir, optimizer="rmsprop")
+
+
+def test_demo_defaults_fill_only_the_flags_not_given(tmp_path):
+    import json
+
+    model_dir = tmp_path / "demo_run"
+    out = sh.run_module("train.retrain", "--dataset=demo", f"--data_dir={tmp_path / 'cache'}",
+                        f"--model_dir={model_dir}", f"--architecture={sh.arch_file(tmp_path)}",
+                        "--filter_multiplier=2", "--crop_size=32", "--batch_size=2",
+                        "--base_learning_rate=0.01", "--max_steps=1")
+    assert out.returncode == 0, out.stderr[-3000:]
+    saved = json.loads((model_dir / "retrain_config.json").read_text())
+    # The demo values of the flags not given (train/retrain.py DEMO_DEFAULTS; importing that
+    # module here would clash with the absl flags of other train modules in this process).
+    assert (saved["optimizer"], saved["train_steps"], saved["min_scale"]) == ("adam", 2000, 0.75)
+    assert (saved["base_learning_rate"], saved["crop_size"], saved["filter_multiplier"]) == \
+        (0.01, 32, 2)
+
+
 def test_nan_loss_keeps_the_last_good_checkpoint(tmp_path):
     def dataset_fn(epoch):
         images = np.zeros((8, 32, 32, 3), np.float32)
@@ -97,10 +149,18 @@ def test_bad_flags_name_the_flag(tmp_path):
     assert bad.returncode != 0 and "--data_dir" in bad.stderr
 
 
-def test_multi_worker_retraining_is_refused_until_supported(tmp_path):
+def test_multi_worker_retraining_needs_tf_config(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     bad = sh.run_module("train.retrain", "--dataset=demo", f"--model_dir={tmp_path / 'mw'}",
-                        "--strategy=multi_worker")
-    assert bad.returncode != 0
-    assert ("--strategy=multi_worker: multi-worker retraining is not supported yet; use "
-            "default, one_device or mirrored") in bad.stderr
+                        "--strategy=multi_worker", env=env)
+    assert bad.returncode == 1
+    assert ("error: --strategy=multi_worker needs the TF_CONFIG environment variable, "
+            "describing the cluster and this worker's place in it") in bad.stderr
     assert not (tmp_path / "mw" / "checkpoints").exists()
+
+
+def test_bad_collective_timeout_is_named(tmp_path):
+    config = sh.tiny_config(tmp_path, None, collective_timeout_s=-1)
+    with pytest.raises(ValueError) as e:
+        config.validate()
+    assert str(e.value) == "--collective_timeout_s must be >= 0, got -1"

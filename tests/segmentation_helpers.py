@@ -86,8 +86,11 @@ def tiny_retrain(model_dir, data_dir, **overrides):
     return result, logs
 
 
-def run_module(module: str, *args: str, timeout: int = 240) -> subprocess.CompletedProcess:
-    """`python -m module args` from the repository root, quietly."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+def run_module(module: str, *args: str, timeout: int = 240,
+               env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m module args` from the repository root, quietly (in `env`, default: this
+    process's environment)."""
+    env = dict(os.environ if env is None else env, TF_CPP_MIN_LOG_LEVEL="3",
+               CUDA_VISIBLE_DEVICES="")
     return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)

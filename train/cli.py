@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
-from typing import Callable
+from typing import Callable, NoReturn
+
+from absl import flags
+
+from auto_deeplab_tf import distribute
 
 
 def main_from(run: Callable[[], int]) -> Callable[[list], int]:
@@ -21,3 +26,35 @@ def main_from(run: Callable[[], int]) -> Callable[[list], int]:
             return 1
 
     return main
+
+
+def distribute_flags(strategy_help: str) -> list:
+    """--strategy, --collective_communication and --collective_timeout_s (train.search and
+    train.retrain); define each in the script with `flags.DEFINE_flag`, so that --help lists
+    them as the script's own."""
+    return [
+        flags.EnumFlag("strategy", "default", strategy_help, list(distribute.STRATEGIES)),
+        flags.EnumFlag("collective_communication", "auto",
+                       "--strategy=multi_worker: the all-reduce implementation (auto picks "
+                       "NCCL on GPUs, ring otherwise).",
+                       list(distribute.COLLECTIVE_COMMUNICATIONS)),
+        flags.Flag(flags.FloatParser(), flags.ArgumentSerializer(), "collective_timeout_s",
+                   distribute.DEFAULT_COLLECTIVE_TIMEOUT_S,
+                   "--strategy=multi_worker: bound in seconds on each collective op and on the "
+                   "start-up wait for the other workers, so a dead or hung worker fails the job "
+                   "instead of hanging it (0: unbounded)."),
+    ]
+
+
+DISTRIBUTE_FLAGS = ("strategy", "collective_communication", "collective_timeout_s")
+
+
+def exit_multi_worker_failure(error, job: str, model_dir: str) -> NoReturn:
+    """Reports a failed collective (a worker died or timed out: the others cannot go on
+    alone) and exits with status 1 at once."""
+    print(f"error: multi-worker {job} failed ({type(error).__name__}: {error.message}); "
+          "relaunch every worker with the same command: they resume from the chief's last "
+          f"checkpoint in {model_dir}/checkpoints", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)  # collectives may still hold threads that block a normal exit

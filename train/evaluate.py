@@ -7,7 +7,9 @@
 
 Prints a per-class IoU table and writes MODEL_DIR/eval_<split>.json (miou, per_class_iou,
 pixel_accuracy, ...) and TensorBoard scalars under MODEL_DIR/eval. The dataset, data dir and
-network come from MODEL_DIR/retrain_config.json unless given.
+network come from MODEL_DIR/retrain_config.json unless given. There is no multi-worker mode
+(evaluation is one pass over a split): evaluate a multi-worker retraining on one machine that
+reads its MODEL_DIR.
 """
 
 from __future__ import annotations

@@ -11,15 +11,14 @@ the same --model_dir resumes. Open --model_dir in TensorBoard to watch the archi
 
 from __future__ import annotations
 
-import os
 import sys
 
 import tensorflow as tf
 from absl import app
 from absl import flags
 
-from auto_deeplab_tf import distribute
 from auto_deeplab_tf import search as search_lib
+from train import cli
 
 _DATASET = flags.DEFINE_string("dataset", "cityscapes", "Registered dataset: cityscapes, "
                                "pascal_voc, ade20k or demo (built in, no download).")
@@ -49,20 +48,11 @@ _ARCH_LR = flags.DEFINE_float("arch_lr", 3e-3, "Adam learning rate of alpha and 
 _ARCH_DECAY = flags.DEFINE_float("arch_weight_decay", 1e-3, "L2 weight decay of alpha, beta.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the initialisation, the A/B split and the "
                              "data order.")
-_STRATEGY = flags.DEFINE_enum("strategy", "default", list(distribute.STRATEGIES),
-                              "default: mirrored over the visible GPUs, else the CPU; "
-                              "multi_worker: MultiWorkerMirroredStrategy over the cluster in "
-                              "the TF_CONFIG environment variable (README, 'Running on "
-                              "several machines').")
-_COLLECTIVE = flags.DEFINE_enum("collective_communication", "auto",
-                                list(distribute.COLLECTIVE_COMMUNICATIONS),
-                                "--strategy=multi_worker: the all-reduce implementation "
-                                "(auto picks NCCL on GPUs, ring otherwise).")
-_COLLECTIVE_TIMEOUT = flags.DEFINE_float(
-    "collective_timeout_s", distribute.DEFAULT_COLLECTIVE_TIMEOUT_S,
-    "--strategy=multi_worker: bound in seconds on each collective op and on the start-up "
-    "wait for the other workers, so a dead or hung worker fails the job instead of hanging "
-    "it (0: unbounded).")
+for _flag in cli.distribute_flags(
+        "default: mirrored over the visible GPUs, else the CPU; multi_worker: "
+        "MultiWorkerMirroredStrategy over the cluster in the TF_CONFIG environment variable "
+        "(README, 'Running on several machines')."):
+    flags.DEFINE_flag(_flag)
 _STEPS_PER_EPOCH = flags.DEFINE_integer("steps_per_epoch", None, "Cap on steps per epoch "
                                         "(default: every pair of the A/B halves).")
 _CKPT_EVERY = flags.DEFINE_integer("checkpoint_every_steps", 100, "Checkpoint interval within "
@@ -86,9 +76,9 @@ def config_from_flags() -> search_lib.SearchConfig:
     values = {name: flags.FLAGS[name].value for name in (
         "epochs", "arch_start_epoch", "batch_size", "crop_size", "scale", "filter_multiplier",
         "num_layers", "num_blocks", "num_levels", "weight_lr", "weight_lr_min", "momentum",
-        "weight_decay", "arch_lr", "arch_weight_decay", "seed", "strategy", "steps_per_epoch",
+        "weight_decay", "arch_lr", "arch_weight_decay", "seed", "steps_per_epoch",
         "checkpoint_every_steps", "log_every_steps", "max_steps", "deterministic",
-        "jit_compile", "collective_communication", "collective_timeout_s")}
+        "jit_compile") + cli.DISTRIBUTE_FLAGS}
     from datasets import registry  # imported late: --help must not need the data layer
 
     try:
@@ -117,13 +107,7 @@ def main(argv):
     except tf.errors.OpError as e:
         if config.strategy != "multi_worker":
             raise
-        # A worker died or a collective timed out: the other workers cannot go on alone.
-        print(f"error: multi-worker search failed ({type(e).__name__}: {e.message}); "
-              "relaunch every worker with the same command: they resume from the chief's "
-              f"last checkpoint in {config.model_dir}/checkpoints", file=sys.stderr)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(1)  # collectives may still hold threads that block a normal exit
+        cli.exit_multi_worker_failure(e, "search", config.model_dir)
     if result.completed:
         print(f"\nDecoded architecture (written to {config.model_dir}/architecture.json):")
         print(result.architecture.to_json(result.metadata))
