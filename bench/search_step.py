@@ -28,10 +28,16 @@ _CROP = flags.DEFINE_integer("crop_size", 64, "Square crop.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after one warm-up step).")
 _DEVICE = flags.DEFINE_enum("device", "cpu", ["cpu", "gpu"], "Where to run.")
 _JIT = flags.DEFINE_bool("jit_compile", False, "Compile the step with XLA.")
+_ARENAS = flags.DEFINE_integer("max_malloc_arenas", 1, "Cap on glibc malloc arenas, as the "
+                               "train scripts set it (auto_deeplab_tf/allocator.py); 0 leaves "
+                               "glibc's default.")
 
 
 def main(argv):
     del argv
+    from auto_deeplab_tf import allocator
+
+    arenas_capped = bool(_ARENAS.value) and allocator.limit_malloc_arenas(_ARENAS.value)
     import tensorflow as tf
 
     from auto_deeplab_tf import search as search_lib
@@ -70,6 +76,7 @@ def main(argv):
         "filter_multiplier": _F.value, "num_layers": _L.value, "num_blocks": _B.value,
         "num_classes": _CLASSES.value, "batch_size": _BATCH.value, "crop_size": _CROP.value,
         "device": _DEVICE.value, "jit_compile": _JIT.value,
+        "malloc_arenas": _ARENAS.value if arenas_capped else "glibc default",
         "median_step_s": round(float(np.median(times)), 4),
         "min_step_s": round(float(np.min(times)), 4),
         "trace_and_first_step_s": round(first, 2),

@@ -20,6 +20,7 @@ import tensorflow as tf
 from absl import app
 from absl import flags
 
+from auto_deeplab_tf import allocator
 from auto_deeplab_tf import retrain as retrain_lib
 from auto_deeplab_tf.fixed_network import MODEL_SIZES
 from train import cli
@@ -121,6 +122,7 @@ def main(argv):
     if len(argv) > 1:
         print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
         return 2
+    allocator.limit_malloc_arenas()
     try:
         config = config_from_flags()
         result = retrain_lib.run_retrain(config)

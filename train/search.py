@@ -17,6 +17,7 @@ import tensorflow as tf
 from absl import app
 from absl import flags
 
+from auto_deeplab_tf import allocator
 from auto_deeplab_tf import search as search_lib
 from train import cli
 
@@ -98,6 +99,7 @@ def config_from_flags() -> search_lib.SearchConfig:
 
 def main(argv):
     del argv
+    allocator.limit_malloc_arenas()
     config = config_from_flags()
     try:
         result = search_lib.run_search(config)
