@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from auto_deeplab_tf import ops
@@ -34,6 +35,7 @@ from auto_deeplab_tf import stacking
 _SEP = {"sep_conv_3x3": 3, "sep_conv_5x5": 5}
 _ATROUS = {"atrous_conv_3x3": 3, "atrous_conv_5x5": 5}
 _POOL = {"avg_pool_3x3": "avg", "max_pool_3x3": "max"}
+_SEP_KINDS = ("depthwise1", "pointwise1", "depthwise2", "pointwise2")
 ATROUS_RATE = 2
 POOL_SIZE = 3
 
@@ -56,8 +58,10 @@ class MixedOp(keras.layers.Layer):
     `groups` says how many independent batches are stacked in x (BN statistics are
     computed per group).
 
-    Weights are stored per op, all edges side by side along the channel axis (edge-major),
-    e.g. `sep_conv_3x3_depthwise1` is [3, 3, num_edges * filters, 1]; see `edge_weights`.
+    Every kernel is stored per op, all edges side by side along the channel axis
+    (edge-major), e.g. `sep_conv_3x3_depthwise1` is [3, 3, num_edges * filters, 1]; see
+    `edge_weights`. All kernels live in one flat variable, `flat_kernels`, and are views
+    of it.
     With `num_copies` every weight gets a leading axis of that many independent copies
     (`stacking`) and `call(..., copy=i)` runs copy i. `kernels()` gives the fused kernels
     the call runs on (for every copy at once when stacked), and `call(..., kernels=...)`
@@ -91,40 +95,55 @@ class MixedOp(keras.layers.Layer):
         c, e, f = int(input_shape[-1]), self.num_edges, self.filters
         if c != f:
             raise ValueError(f"MixedOp expects {f} input channels, got {c}")
-
-        def kernel(name, shape):
-            return self.add_weight(
-                name=name, shape=stacking.stacked_shape(self.num_copies, shape),
-                initializer=stacking.stacked_initializer(ops.kernel_initializer,
-                                                         self.num_copies))
-
-        self.sep_kernels = []
+        # (name, shape) of every kernel, in storage order.
+        parts = []
         for name, k in self._sep:
-            self.sep_kernels.append((
-                kernel(f"{name}_depthwise1", (k, k, e * f, 1)),
-                kernel(f"{name}_pointwise1", (1, 1, f, e * f)),
-                kernel(f"{name}_depthwise2", (k, k, e * f, 1)),
-                kernel(f"{name}_pointwise2", (1, 1, f, e * f)),
-            ))
-        self.atrous_kernels = [kernel(f"{name}_kernel", (k, k, f, e * f))
-                               for name, k in self._atrous]
+            parts += [(f"{name}_depthwise1", (k, k, e * f, 1)),
+                      (f"{name}_pointwise1", (1, 1, f, e * f)),
+                      (f"{name}_depthwise2", (k, k, e * f, 1)),
+                      (f"{name}_pointwise2", (1, 1, f, e * f))]
+        parts += [(f"{name}_kernel", (k, k, f, e * f)) for name, k in self._atrous]
+        self._part_names = [name for name, _ in parts]
+        self._part_shapes = [shape for _, shape in parts]
+        self._part_sizes = [int(np.prod(shape)) for shape in self._part_shapes]
+        # One variable for all kernels: the optimizer's update, and the ops it adds to the
+        # traced step, are per variable, and the supernet's ~1000 kernels as separate
+        # variables made those about a quarter of the step's graph and host memory.
+        self.flat_kernels = self.add_weight(
+            name="kernels",
+            shape=stacking.stacked_shape(self.num_copies, (sum(self._part_sizes),)),
+            initializer=stacking.stacked_initializer(self._flat_initializer,
+                                                     self.num_copies))
+
+    def _flat_initializer(self):
+        """Initialises the flat weight one kernel at a time, each as an unpacked kernel of
+        its shape would be (the fan-in comes from that shape)."""
+        def initialize(shape, dtype=None):
+            return tf.concat([tf.reshape(ops.kernel_initializer()(s, dtype=dtype), [-1])
+                              for s in self._part_shapes], axis=0)
+
+        return initialize
+
+    def _parts(self, copy=None) -> dict:
+        """Every kernel by name, shaped [*shape] (or [num_copies, *shape] for a stacked
+        layer with `copy` None), as views of the flat weight."""
+        flat = tf.convert_to_tensor(stacking.select(self.flat_kernels, copy))
+        lead = list(flat.shape[:-1])
+        pieces = tf.split(flat, self._part_sizes, axis=-1)
+        return {name: tf.reshape(piece, lead + list(shape))
+                for name, shape, piece in zip(self._part_names, self._part_shapes, pieces)}
 
     def edge_weights(self, op_name: str, edge: int, copy: int | None = None) -> list:
         """The weights of `op_name` on one edge (of copy `copy` when stacked), shaped as
         the plain `ops` layer's."""
         f = self.filters
         cut = slice(edge * f, (edge + 1) * f)
-
-        def read(v):
-            return tf.convert_to_tensor(stacking.select(v, copy))
-
-        for (name, _), kernels in zip(self._sep, self.sep_kernels):
-            if name == op_name:
-                dw1, pw1, dw2, pw2 = (read(v) for v in kernels)
-                return [dw1[:, :, cut], pw1[..., cut], dw2[:, :, cut], pw2[..., cut]]
-        for (name, _), kernel in zip(self._atrous, self.atrous_kernels):
-            if name == op_name:
-                return [read(kernel)[..., cut]]
+        parts = self._parts(copy)
+        if op_name in _SEP:
+            dw1, pw1, dw2, pw2 = (parts[f"{op_name}_{kind}"] for kind in _SEP_KINDS)
+            return [dw1[:, :, cut], pw1[..., cut], dw2[:, :, cut], pw2[..., cut]]
+        if op_name in _ATROUS:
+            return [parts[f"{op_name}_kernel"][..., cut]]
         return []
 
     def split_weights(self, weights):
@@ -147,18 +166,19 @@ class MixedOp(keras.layers.Layer):
         then the atrous kernel, each present only when its ops are. For a stacked layer
         with `copy` None, every kernel of every copy: [num_copies, ...]."""
         lead = 1 if self.num_copies is not None and copy is None else 0
+        parts = self._parts(copy)
         out = []
         if self._sep:
             size = max(k for _, k in self._sep)
-            sep = [[stacking.select(v, copy) for v in kk] for kk in self.sep_kernels]
-            for i in range(4):
+            for i, kind in enumerate(_SEP_KINDS):
                 depthwise = i % 2 == 0
-                out.append(tf.concat([_pad_to(kk[i], size, lead) if depthwise else kk[i]
-                                      for kk in sep], axis=(2 if depthwise else 3) + lead))
+                kernels = [parts[f"{name}_{kind}"] for name, _ in self._sep]
+                out.append(tf.concat([_pad_to(k, size, lead) if depthwise else k
+                                      for k in kernels], axis=(2 if depthwise else 3) + lead))
         if self._atrous:
             size = max(k for _, k in self._atrous)
-            out.append(tf.concat([_pad_to(stacking.select(k, copy), size, lead)
-                                  for k in self.atrous_kernels], axis=3 + lead))
+            out.append(tf.concat([_pad_to(parts[f"{name}_kernel"], size, lead)
+                                  for name, _ in self._atrous], axis=3 + lead))
         return out
 
     def call(self, x, weights, groups: int = 1, split_weights=None, copy=None,

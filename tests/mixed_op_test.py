@@ -69,3 +69,15 @@ def test_cell_has_one_fused_mixed_op_per_state_covering_every_edge():
     cell = SearchCell(2, num_blocks=5)
     assert len(cell.mixed_ops) == 6
     assert sum(op.num_edges for op in cell.mixed_ops) == ss.num_edges(5)
+
+
+def test_all_kernels_live_in_one_variable_with_the_plain_ops_parameter_count():
+    mixed = MixedOp(4, num_edges=3)
+    mixed.build((None, None, None, 4))
+    assert [v.name for v in mixed.trainable_variables] == ["kernels"]
+    plain = 0
+    for name in ss.OPS:
+        op = ops.make_op(name, 4, norm="search")
+        op(tf.zeros((1, 5, 5, 4)))
+        plain += sum(int(np.prod(w.shape)) for w in op.trainable_weights)
+    assert int(np.prod(mixed.flat_kernels.shape)) == 3 * plain
