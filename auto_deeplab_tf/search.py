@@ -263,7 +263,15 @@ def _search_loop(config, model, strategy, checkpoint, epoch_var, step_var, check
     model_dir = config.model_dir
     latest = checkpoints.latest  # every worker resumes from the chief's
     if latest:
-        checkpoint.restore(latest).assert_existing_objects_matched()
+        status = checkpoint.restore(latest)
+        try:
+            status.assert_existing_objects_matched()
+        except AssertionError:
+            status.expect_partial()  # the error below says it all; no per-variable warnings
+            raise ValueError(
+                f"{latest}: the checkpoint does not hold the weights of the supernet these "
+                "settings build (it was written by another version of the code, whose "
+                "weight layout differs); start a new --model_dir") from None
         log(f"resumed from {latest} at epoch {int(epoch_var) + 1}, step "
             f"{int(step_var)} of {steps_per_epoch}")
     checkpoints.check_resumed_together(

@@ -200,3 +200,23 @@ def test_mirrored_over_two_cpus_matches_one_device(overrides):
     np.testing.assert_allclose(a2, a1, atol=1e-3)
     np.testing.assert_allclose(b2, b1, atol=1e-3)
     assert np.abs(a1).max() > 5e-3  # alpha did move (Adam steps of ~3e-3 each)
+
+
+def test_a_checkpoint_of_another_weight_layout_is_refused_with_its_path(tmp_path,
+                                                                         monkeypatch):
+    """Same flags, different weight layout (as after an upgrade that changed it): here the
+    first run unrolls every layer and the second loops the uniform ones."""
+    from auto_deeplab_tf import supernet
+
+    monkeypatch.setattr(supernet, "MIN_LOOP_LAYERS", 100)
+    first, _ = run(tiny_config(tmp_path, max_steps=2, **LOOPED))
+    assert first.global_step == 2
+    monkeypatch.setattr(supernet, "MIN_LOOP_LAYERS", 2)
+    latest = tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
+    with pytest.raises(ValueError) as e:
+        run(tiny_config(tmp_path, **LOOPED))
+    assert str(e.value) == (
+        f"{latest}: the checkpoint does not hold the weights of the supernet these settings "
+        "build (it was written by another version of the code, whose weight layout "
+        "differs); start a new --model_dir")
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")) == latest
