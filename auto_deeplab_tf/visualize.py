@@ -53,20 +53,62 @@ def alpha_heatmap(alpha_weights: np.ndarray, op_names=search_space.OPS, cell: in
     return np.asarray(img)
 
 
-def trellis_image(beta_probs: np.ndarray, path=None, spacing: int = 60) -> np.ndarray:
-    """The trellis (layers across, OS 4..32 down) with each edge drawn as thick as its
-    normalised beta, and the decoded path in red. RGB uint8."""
-    probs = np.asarray(beta_probs)
-    num_layers, num_levels, _ = probs.shape
+# Where along an edge its beta label sits: the two diagonals between the same pair of
+# layers cross at their midpoints, so diagonal labels sit nearer their source node
+# (upper-left / lower-left of the crossing) and horizontal ones at the midpoint.
+_DIAGONAL_LABEL_AT = 0.3
+
+
+def _trellis_geometry(num_layers: int, num_levels: int, spacing: int):
     left, top = 50, 30
     width = left + num_layers * spacing + 40
     height = top + (num_levels - 1) * spacing + 40
-    img = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(img)
-    font = _font()
 
     def xy(layer, level):
         return left + layer * spacing, top + level * spacing
+
+    return width, height, top, xy
+
+
+def trellis_label_boxes(beta_probs: np.ndarray, spacing: int = 80) -> list:
+    """(layer, level, direction, text, (x0, y0, x1, y1), origin) of every edge label that
+    `trellis_image` draws: the box is the text's pixel bounds, origin where it is drawn."""
+    probs = np.asarray(beta_probs)
+    num_layers, num_levels, _ = probs.shape
+    _, _, _, xy = _trellis_geometry(num_layers, num_levels, spacing)
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    font = _font()
+    out = []
+    for layer in range(num_layers):
+        for level in search_space.levels_at_layer(layer, num_levels):
+            for d, delta in enumerate(search_space.DIRECTION_DELTAS):
+                p = probs[layer, level, d]
+                if p <= 0:
+                    continue
+                (x0, y0), (x1, y1) = xy(layer, level), xy(layer + 1, level + delta)
+                text = f"{p:.2f}"
+                x0b, y0b, x1b, y1b = draw.textbbox((0, 0), text, font=font)
+                w, h = x1b - x0b, y1b - y0b
+                if delta == 0:  # above the line, centred
+                    cx, cy = (x0 + x1) / 2, y0 - 3 - h / 2
+                else:
+                    t = _DIAGONAL_LABEL_AT
+                    cx, cy = x0 + t * (x1 - x0), y0 + t * (y1 - y0)
+                ox, oy = int(round(cx - w / 2)) - x0b, int(round(cy - h / 2)) - y0b
+                out.append((layer, level, d, text, (ox + x0b, oy + y0b, ox + x1b, oy + y1b),
+                            (ox, oy)))
+    return out
+
+
+def trellis_image(beta_probs: np.ndarray, path=None, spacing: int = 80) -> np.ndarray:
+    """The trellis (layers across, OS 4..32 down) with each edge drawn as thick as its
+    normalised beta and labelled with it, and the decoded path in red. RGB uint8."""
+    probs = np.asarray(beta_probs)
+    num_layers, num_levels, _ = probs.shape
+    width, height, top, xy = _trellis_geometry(num_layers, num_levels, spacing)
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    font = _font()
 
     for level in range(num_levels):
         draw.text((2, top + level * spacing - 5), f"OS{4 * 2**level}", fill="black", font=font)
@@ -78,12 +120,13 @@ def trellis_image(beta_probs: np.ndarray, path=None, spacing: int = 60) -> np.nd
                     continue
                 (x0, y0), (x1, y1) = xy(layer, level), xy(layer + 1, level + delta)
                 draw.line([x0, y0, x1, y1], fill=(120, 120, 200), width=max(1, int(round(8 * p))))
-                mx, my = (x0 + x1) // 2, (y0 + y1) // 2
-                draw.text((mx - 8, my - 12 if delta <= 0 else my + 2), f"{p:.2f}",
-                          fill=(90, 90, 90), font=font)
     if path is not None:
         points = [xy(0, 0)] + [xy(l + 1, level) for l, level in enumerate(path)]
         draw.line(points, fill=(220, 0, 0), width=3)
+    # Labels after the lines, on a white backing, so that no line crosses a number.
+    for *_, text, (bx0, by0, bx1, by1), origin in trellis_label_boxes(probs, spacing):
+        draw.rectangle([bx0 - 1, by0 - 1, bx1, by1], fill="white")
+        draw.text(origin, text, fill=(70, 70, 70), font=font)
     for layer in range(num_layers + 1):
         for level in search_space.levels_at_layer(layer, num_levels):
             x, y = xy(layer, level)
