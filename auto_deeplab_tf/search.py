@@ -50,7 +50,8 @@ EPOCH_ARCH_SUBDIR = "architectures"
 
 # Settings that must not change when a run resumes: they define the model or the data.
 _RESUME_KEYS = ("dataset", "filter_multiplier", "num_layers", "num_blocks", "num_levels",
-                "batch_size", "crop_size", "scale", "seed", "epochs", "steps_per_epoch")
+                "loop_uniform_layers", "batch_size", "crop_size", "scale", "seed", "epochs",
+                "steps_per_epoch")
 
 
 class SearchDiverged(RuntimeError):
@@ -73,6 +74,9 @@ class SearchConfig:
     num_layers: int = 12
     num_blocks: int = 5
     num_levels: int = 4
+    # Layers num_levels+1..L as one loop over stacked weights (README, Performance): less
+    # memory and half the tracing time, for ~10% more step time on CPU than unrolled.
+    loop_uniform_layers: bool = True
     weight_lr: float = 0.025
     weight_lr_min: float = 0.001
     momentum: float = 0.9
@@ -143,8 +147,9 @@ def build_search_model(config: SearchConfig, num_classes: int, total_steps: int,
     """The search model with both optimizers built; call inside the strategy scope."""
     model = SearchModel(num_classes=num_classes, filter_multiplier=config.filter_multiplier,
                         num_blocks=config.num_blocks, num_layers=config.num_layers,
-                        num_levels=config.num_levels, ignore_label=ignore_label,
-                        name="supernet")
+                        num_levels=config.num_levels,
+                        loop_uniform_layers=config.loop_uniform_layers,
+                        ignore_label=ignore_label, name="supernet")
     model.build((None, None, None, 3))
     schedule = keras.optimizers.schedules.CosineDecay(
         config.weight_lr, decay_steps=max(1, total_steps),

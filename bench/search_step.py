@@ -27,6 +27,7 @@ _BATCH = flags.DEFINE_integer("batch_size", 2, "Global batch size (each of train
 _CROP = flags.DEFINE_integer("crop_size", 64, "Square crop.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after one warm-up step).")
 _DEVICE = flags.DEFINE_enum("device", "cpu", ["cpu", "gpu"], "Where to run.")
+_LOOP = flags.DEFINE_bool("loop_uniform_layers", True, "As train.search's flag.")
 _JIT = flags.DEFINE_bool("jit_compile", False, "Compile the step with XLA.")
 _ARENAS = flags.DEFINE_integer("max_malloc_arenas", 1, "Cap on glibc malloc arenas, as the "
                                "train scripts set it (auto_deeplab_tf/allocator.py); 0 leaves "
@@ -47,7 +48,8 @@ def main(argv):
     strategy = tf.distribute.OneDeviceStrategy("/gpu:0" if _DEVICE.value == "gpu" else "/cpu:0")
     config = search_lib.SearchConfig(model_dir="/unused", filter_multiplier=_F.value,
                                      num_layers=_L.value, num_blocks=_B.value,
-                                     batch_size=_BATCH.value, crop_size=_CROP.value)
+                                     batch_size=_BATCH.value, crop_size=_CROP.value,
+                                     loop_uniform_layers=_LOOP.value)
     with strategy.scope():
         model = search_lib.build_search_model(config, _CLASSES.value, total_steps=1000)
     step = search_lib.make_step_function(model, strategy, update_arch=True,
@@ -76,6 +78,7 @@ def main(argv):
         "filter_multiplier": _F.value, "num_layers": _L.value, "num_blocks": _B.value,
         "num_classes": _CLASSES.value, "batch_size": _BATCH.value, "crop_size": _CROP.value,
         "device": _DEVICE.value, "jit_compile": _JIT.value,
+        "loop_uniform_layers": _LOOP.value,
         "malloc_arenas": _ARENAS.value if arenas_capped else "glibc default",
         "median_step_s": round(float(np.median(times)), 4),
         "min_step_s": round(float(np.min(times)), 4),

@@ -202,16 +202,16 @@ def test_mirrored_over_two_cpus_matches_one_device(overrides):
     assert np.abs(a1).max() > 5e-3  # alpha did move (Adam steps of ~3e-3 each)
 
 
-def test_a_checkpoint_of_another_weight_layout_is_refused_with_its_path(tmp_path,
-                                                                         monkeypatch):
-    """Same flags, different weight layout (as after an upgrade that changed it): here the
-    first run unrolls every layer and the second loops the uniform ones."""
-    from auto_deeplab_tf import supernet
-
-    monkeypatch.setattr(supernet, "MIN_LOOP_LAYERS", 100)
-    first, _ = run(tiny_config(tmp_path, max_steps=2, **LOOPED))
+def test_a_checkpoint_of_another_weight_layout_is_refused_with_its_path(tmp_path):
+    """Same recorded settings, different weight layout, as after an upgrade that changed
+    it: the first run unrolls every layer, then its saved config loses the key (as configs
+    written before the flag existed) and the second run loops the uniform layers."""
+    first, _ = run(tiny_config(tmp_path, max_steps=2, loop_uniform_layers=False, **LOOPED))
     assert first.global_step == 2
-    monkeypatch.setattr(supernet, "MIN_LOOP_LAYERS", 2)
+    config_path = tmp_path / search_lib.CONFIG_FILENAME
+    saved = json.loads(config_path.read_text())
+    del saved["loop_uniform_layers"]
+    config_path.write_text(json.dumps(saved))
     latest = tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
     with pytest.raises(ValueError) as e:
         run(tiny_config(tmp_path, **LOOPED))
@@ -220,3 +220,11 @@ def test_a_checkpoint_of_another_weight_layout_is_refused_with_its_path(tmp_path
         "build (it was written by another version of the code, whose weight layout "
         "differs); start a new --model_dir")
     assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")) == latest
+
+
+def test_resume_with_the_other_loop_setting_is_refused(tmp_path):
+    run(tiny_config(tmp_path, max_steps=1, arch_start_epoch=5, **LOOPED))
+    with pytest.raises(ValueError) as e:
+        run(tiny_config(tmp_path, loop_uniform_layers=False, **LOOPED))
+    assert (f"this run has --loop_uniform_layers=False but {tmp_path} holds a search with "
+            "--loop_uniform_layers=True" in str(e.value))

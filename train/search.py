@@ -40,6 +40,10 @@ _F = flags.DEFINE_integer("filter_multiplier", 8, "F: channels per op at OS 4 (F
 _L = flags.DEFINE_integer("num_layers", 12, "L: searchable layers of the trellis.")
 _B = flags.DEFINE_integer("num_blocks", 5, "B: blocks per cell.")
 _LEVELS = flags.DEFINE_integer("num_levels", 4, "Resolution levels (OS 4, 8, 16, 32, ...).")
+_LOOP = flags.DEFINE_bool("loop_uniform_layers", True, "Run layers num_levels+1..L of the "
+                          "supernet as one tf.while_loop over stacked weights: on CPU ~25% "
+                          "less memory and half the tracing time, ~10% slower steps. "
+                          "--noloop_uniform_layers traces every layer (README, Performance).")
 _WEIGHT_LR = flags.DEFINE_float("weight_lr", 0.025, "Initial SGD learning rate of the "
                                 "weights (cosine decay).")
 _WEIGHT_LR_MIN = flags.DEFINE_float("weight_lr_min", 0.001, "Final SGD learning rate.")
@@ -76,7 +80,7 @@ def config_from_flags() -> search_lib.SearchConfig:
     """SearchConfig from the command line (demo defaults for flags left unset)."""
     values = {name: flags.FLAGS[name].value for name in (
         "epochs", "arch_start_epoch", "batch_size", "crop_size", "scale", "filter_multiplier",
-        "num_layers", "num_blocks", "num_levels", "weight_lr", "weight_lr_min", "momentum",
+        "num_layers", "num_blocks", "num_levels", "loop_uniform_layers", "weight_lr", "weight_lr_min", "momentum",
         "weight_decay", "arch_lr", "arch_weight_decay", "seed", "steps_per_epoch",
         "checkpoint_every_steps", "log_every_steps", "max_steps", "deterministic",
         "jit_compile") + cli.DISTRIBUTE_FLAGS}
