@@ -70,6 +70,18 @@ def _trellis_geometry(num_layers: int, num_levels: int, spacing: int):
     return width, height, top, xy
 
 
+def _edges(probs: np.ndarray, xy):
+    """(layer, level, direction, delta, beta, start point, end point) of every edge with a
+    positive beta, in drawing order."""
+    num_layers, num_levels, _ = probs.shape
+    for layer in range(num_layers):
+        for level in search_space.levels_at_layer(layer, num_levels):
+            for d, delta in enumerate(search_space.DIRECTION_DELTAS):
+                p = probs[layer, level, d]
+                if p > 0:
+                    yield layer, level, d, delta, p, xy(layer, level), xy(layer + 1, level + delta)
+
+
 def trellis_label_boxes(beta_probs: np.ndarray, spacing: int = 80) -> list:
     """(layer, level, direction, text, (x0, y0, x1, y1), origin) of every edge label that
     `trellis_image` draws: the box is the text's pixel bounds, origin where it is drawn."""
@@ -79,24 +91,17 @@ def trellis_label_boxes(beta_probs: np.ndarray, spacing: int = 80) -> list:
     draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     font = _font()
     out = []
-    for layer in range(num_layers):
-        for level in search_space.levels_at_layer(layer, num_levels):
-            for d, delta in enumerate(search_space.DIRECTION_DELTAS):
-                p = probs[layer, level, d]
-                if p <= 0:
-                    continue
-                (x0, y0), (x1, y1) = xy(layer, level), xy(layer + 1, level + delta)
-                text = f"{p:.2f}"
-                x0b, y0b, x1b, y1b = draw.textbbox((0, 0), text, font=font)
-                w, h = x1b - x0b, y1b - y0b
-                if delta == 0:  # above the line, centred
-                    cx, cy = (x0 + x1) / 2, y0 - 3 - h / 2
-                else:
-                    t = _DIAGONAL_LABEL_AT
-                    cx, cy = x0 + t * (x1 - x0), y0 + t * (y1 - y0)
-                ox, oy = int(round(cx - w / 2)) - x0b, int(round(cy - h / 2)) - y0b
-                out.append((layer, level, d, text, (ox + x0b, oy + y0b, ox + x1b, oy + y1b),
-                            (ox, oy)))
+    for layer, level, d, delta, p, (x0, y0), (x1, y1) in _edges(probs, xy):
+        text = f"{p:.2f}"
+        x0b, y0b, x1b, y1b = draw.textbbox((0, 0), text, font=font)
+        w, h = x1b - x0b, y1b - y0b
+        if delta == 0:  # above the line, centred
+            cx, cy = (x0 + x1) / 2, y0 - 3 - h / 2
+        else:
+            t = _DIAGONAL_LABEL_AT
+            cx, cy = x0 + t * (x1 - x0), y0 + t * (y1 - y0)
+        ox, oy = int(round(cx - w / 2)) - x0b, int(round(cy - h / 2)) - y0b
+        out.append((layer, level, d, text, (ox + x0b, oy + y0b, ox + x1b, oy + y1b), (ox, oy)))
     return out
 
 
@@ -112,14 +117,8 @@ def trellis_image(beta_probs: np.ndarray, path=None, spacing: int = 80) -> np.nd
 
     for level in range(num_levels):
         draw.text((2, top + level * spacing - 5), f"OS{4 * 2**level}", fill="black", font=font)
-    for layer in range(num_layers):
-        for level in search_space.levels_at_layer(layer, num_levels):
-            for d, delta in enumerate(search_space.DIRECTION_DELTAS):
-                p = probs[layer, level, d]
-                if p <= 0:
-                    continue
-                (x0, y0), (x1, y1) = xy(layer, level), xy(layer + 1, level + delta)
-                draw.line([x0, y0, x1, y1], fill=(120, 120, 200), width=max(1, int(round(8 * p))))
+    for *_, p, (x0, y0), (x1, y1) in _edges(probs, xy):
+        draw.line([x0, y0, x1, y1], fill=(120, 120, 200), width=max(1, int(round(8 * p))))
     if path is not None:
         points = [xy(0, 0)] + [xy(l + 1, level) for l, level in enumerate(path)]
         draw.line(points, fill=(220, 0, 0), width=3)
