@@ -7,7 +7,7 @@ gives each thread that contends for the heap an arena of its own, up to 8 per co
 memory freed into one arena is reused only by the threads on it. TensorFlow's thread pools
 then leave the instantiation's freed blocks stranded across many arenas while new ones
 grow. Capping the arenas makes that memory reusable: on the 2-core CI machine the search
-step's peak RSS at 64x64 drops by about 0.5 GB (README, Performance). The heap is not on the
+step's peak RSS at 64x64 drops by about 0.7 GB (README, Performance). The heap is not on the
 hot path: tensors come from TensorFlow's own allocator, so the step time is unchanged
 within noise.
 """

@@ -11,6 +11,7 @@ GPU, the peak GPU memory. Random data, so no dataset is needed.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import resource
 import time
@@ -31,7 +32,8 @@ _LOOP = flags.DEFINE_bool("loop_uniform_layers", True, "As train.search's flag."
 _JIT = flags.DEFINE_bool("jit_compile", False, "Compile the step with XLA.")
 _ARENAS = flags.DEFINE_integer("max_malloc_arenas", 1, "Cap on glibc malloc arenas, as the "
                                "train scripts set it (auto_deeplab_tf/allocator.py); 0 leaves "
-                               "glibc's default.")
+                               "glibc's default. MALLOC_ARENA_MAX, when set, wins.",
+                               lower_bound=0)
 
 
 def main(argv):
@@ -79,12 +81,13 @@ def main(argv):
         "num_classes": _CLASSES.value, "batch_size": _BATCH.value, "crop_size": _CROP.value,
         "device": _DEVICE.value, "jit_compile": _JIT.value,
         "loop_uniform_layers": _LOOP.value,
-        "malloc_arenas": _ARENAS.value if arenas_capped else "glibc default",
+        "malloc_arenas": (_ARENAS.value if arenas_capped else
+                          os.environ.get("MALLOC_ARENA_MAX") or "glibc default"),
         "median_step_s": round(float(np.median(times)), 4),
         "min_step_s": round(float(np.min(times)), 4),
         "trace_and_first_step_s": round(first, 2),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
-        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cpus",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
     }
     if _DEVICE.value == "gpu":
         info = tf.config.experimental.get_memory_info("GPU:0")
