@@ -94,6 +94,15 @@ class SearchCell(keras.layers.Layer):
                 states.append(block)
         return tf.concat(blocks, axis=-1)
 
+    def node(self, xs: list, h_prev_prev, weights: list, mixing, kernels=None):
+        """A trellis node: sum_j weights[j] * cell(xs[j], h_prev_prev), the transitions xs
+        run as one batched call (`groups`); weights are the transitions' beta weights."""
+        x = xs[0] if len(xs) == 1 else tf.concat(xs, axis=0)
+        y = self(x, h_prev_prev, groups=len(xs), mixing=mixing, kernels=kernels)
+        if len(xs) == 1:
+            return weights[0] * y
+        return tf.add_n([w * part for w, part in zip(weights, tf.split(y, len(xs)))])
+
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "num_blocks": self.num_blocks,
                 "num_copies": self.num_copies}

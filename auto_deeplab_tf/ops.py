@@ -356,3 +356,16 @@ class ReLUConvBN(keras.layers.Layer):
         return {**super().get_config(), "filters": self.filters,
                 "kernel_size": self.kernel_size, "stride": self.stride, "norm": self.norm,
                 "affine": self.affine, "num_copies": self.num_copies}
+
+
+def search_transition(source_level: int, level: int, filters: int, name_prefix: str,
+                      num_copies: int | None = None) -> ReLUConvBN:
+    """The supernet's transition from a node at `source_level` to one at `level`: finer ->
+    coarser ReLU-conv3x3/2-BN, same level or coarser -> finer (after a bilinear resize in
+    the call) ReLU-conv1x1-BN; search BN, named `{name_prefix}_{down|same|up}_{s}to{l}`."""
+    kind = "down" if source_level < level else "same" if source_level == level else "up"
+    name = f"{name_prefix}_{kind}_{source_level}to{level}"
+    if kind == "down":
+        return ReLUConvBN(filters, 3, stride=2, norm="search", num_copies=num_copies,
+                          name=name)
+    return ReLUConvBN(filters, 1, norm="search", num_copies=num_copies, name=name)

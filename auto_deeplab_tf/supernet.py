@@ -96,13 +96,7 @@ class AutoDeepLabSupernet(keras.Model):
             filters = search_space.cell_filters(self.filter_multiplier, level)
             sources = []
             for source in search_space.incoming_levels(layer, level, self.num_levels):
-                if source < level:
-                    t = ops.ReLUConvBN(filters, 3, stride=2, norm="search",
-                                       name=f"l{layer}_down_{source}to{level}")
-                else:
-                    kind = "same" if source == level else "up"
-                    t = ops.ReLUConvBN(filters, 1, norm="search",
-                                       name=f"l{layer}_{kind}_{source}to{level}")
+                t = ops.search_transition(source, level, filters, f"l{layer}")
                 sources.append((source, len(self.transitions),
                                 search_space.direction(source, level)))
                 self.transitions.append(t)
@@ -190,19 +184,14 @@ class AutoDeepLabSupernet(keras.Model):
             for source, t, _ in sources:
                 resize = size if source > level else None
                 xs.append(self.transitions[t](prev[source], size=resize))
-            x = xs[0] if len(xs) == 1 else tf.concat(xs, axis=0)
             if pp_level is None:
                 pp, pp_size = os2, size
             else:
                 pp = outputs[pp_layer][pp_level]
                 pp_size = size if pp_level != level else None
             h_pp = self.prev_prev[k](pp, size=pp_size)
-            y = self.cells[k](x, h_pp, groups=len(xs), mixing=mixing)
-            w = tf.stack([beta_w[layer - 1, source, d] for source, _, d in sources])
-            if len(xs) == 1:
-                node = w[0] * y
-            else:
-                node = tf.add_n([w[t] * part for t, part in enumerate(tf.split(y, len(xs)))])
+            w = [beta_w[layer - 1, source, d] for source, _, d in sources]
+            node = self.cells[k].node(xs, h_pp, w, mixing)
             outputs.setdefault(layer, {})[level] = node
         if self.uniform is not None:
             first = self.num_layers - self.num_looped_layers + 1

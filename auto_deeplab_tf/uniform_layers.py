@@ -74,14 +74,8 @@ class UniformLayers(keras.layers.Layer):
             filters = search_space.cell_filters(self.filter_multiplier, level)
             sources = []
             for source in search_space.incoming_levels(layer, level, self.num_levels):
-                if source < level:
-                    t = ops.ReLUConvBN(filters, 3, stride=2, norm="search",
-                                       num_copies=self.num_copies,
-                                       name=f"level{level}_down_{source}to{level}")
-                else:
-                    kind = "same" if source == level else "up"
-                    t = ops.ReLUConvBN(filters, 1, norm="search", num_copies=self.num_copies,
-                                       name=f"level{level}_{kind}_{source}to{level}")
+                t = ops.search_transition(source, level, filters, f"level{level}",
+                                          num_copies=self.num_copies)
                 sources.append((source, search_space.direction(source, level),
                                 len(self.transitions)))
                 self.transitions.append(t)
@@ -130,16 +124,10 @@ class UniformLayers(keras.layers.Layer):
             xs = [self.transitions[t](prev[source], size=size if source > level else None,
                                       kernels=transition_kernels[t])
                   for source, _, t in sources]
-            x = xs[0] if len(xs) == 1 else tf.concat(xs, axis=0)
             h_pp = self.prev_prev[level](prev_prev[level], kernels=prev_prev_kernels[level])
-            y = self.cells[level](x, h_pp, groups=len(xs), mixing=mixing,
-                                  kernels=cell_kernels[level])
             w = [beta_row[source, d] for source, d, _ in sources]
-            if len(xs) == 1:
-                outputs.append(w[0] * y)
-            else:
-                outputs.append(tf.add_n([wt * part
-                                         for wt, part in zip(w, tf.split(y, len(xs)))]))
+            outputs.append(self.cells[level].node(xs, h_pp, w, mixing,
+                                                  kernels=cell_kernels[level]))
         return outputs
 
     def call(self, states, beta_weights=None, mixing=None, unroll: bool = False):
