@@ -51,7 +51,11 @@ EPOCH_ARCH_SUBDIR = "architectures"
 # Settings that must not change when a run resumes: they define the model or the data.
 _RESUME_KEYS = ("dataset", "filter_multiplier", "num_layers", "num_blocks", "num_levels",
                 "loop_uniform_layers", "batch_size", "crop_size", "scale", "seed", "epochs",
-                "steps_per_epoch")
+                "steps_per_epoch", "weight_optimizer")
+
+# The paper's SGD, or Adam: on small data SGD at the paper's rate can sit on the
+# background-only plateau for longer than a short search lasts (README, "The demo search").
+WEIGHT_OPTIMIZERS = ("sgd", "adam")
 
 
 class SearchDiverged(RuntimeError):
@@ -77,6 +81,7 @@ class SearchConfig:
     # Layers num_levels+1..L as one loop over stacked weights (README, Performance): less
     # memory and half the tracing time, for ~10% more step time on CPU than unrolled.
     loop_uniform_layers: bool = True
+    weight_optimizer: str = "sgd"
     weight_lr: float = 0.025
     weight_lr_min: float = 0.001
     momentum: float = 0.9
@@ -100,6 +105,9 @@ class SearchConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.weight_optimizer not in WEIGHT_OPTIMIZERS:
+            raise ValueError(f"--weight_optimizer must be one of {', '.join(WEIGHT_OPTIMIZERS)}, "
+                             f"got {self.weight_optimizer!r}")
         if not 0 <= self.arch_start_epoch:
             raise ValueError(f"--arch_start_epoch must be >= 0, got {self.arch_start_epoch}")
         if not 0 < self.scale <= 4:
@@ -154,8 +162,11 @@ def build_search_model(config: SearchConfig, num_classes: int, total_steps: int,
     schedule = keras.optimizers.schedules.CosineDecay(
         config.weight_lr, decay_steps=max(1, total_steps),
         alpha=config.weight_lr_min / config.weight_lr)
-    weight_optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum,
-                                            name="weight_sgd")
+    if config.weight_optimizer == "adam":
+        weight_optimizer = keras.optimizers.Adam(schedule, name="weight_adam")
+    else:
+        weight_optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum,
+                                                name="weight_sgd")
     arch_optimizer = keras.optimizers.Adam(config.arch_lr, name="arch_adam")
     model.configure_search(weight_optimizer, arch_optimizer,
                            weight_decay=config.weight_decay,

@@ -150,6 +150,35 @@ def test_resume_with_other_model_settings_is_refused(tmp_path):
             in str(e.value))
 
 
+def test_resume_with_the_other_weight_optimizer_is_refused(tmp_path):
+    run(tiny_config(tmp_path, max_steps=1, arch_start_epoch=5))
+    with pytest.raises(ValueError) as e:
+        run(tiny_config(tmp_path, weight_optimizer="adam"))
+    assert (f"this run has --weight_optimizer=adam but {tmp_path} holds a search with "
+            "--weight_optimizer=sgd" in str(e.value))
+
+
+def test_adam_weights_resume_exactly_with_their_moments(tmp_path):
+    """--weight_optimizer=adam: the weights' Adam moments go through the checkpoint, so a
+    stopped and resumed search equals an uninterrupted one; and it is not the SGD run."""
+    adam = dict(weight_optimizer="adam", weight_lr=0.01, weight_lr_min=0.001)
+    full, _ = run(tiny_config(tmp_path / "full", **adam))
+    reader = tf.train.load_checkpoint(str(tmp_path / "full" / "checkpoints"))
+    names = list(reader.get_variable_to_shape_map())
+    assert any("weight_adam" in k for k in names), names
+    assert not any("weight_sgd" in k for k in names)
+    run(tiny_config(tmp_path / "resumed", max_steps=4, **adam))
+    second, logs = run(tiny_config(tmp_path / "resumed", **adam))
+    assert any("resumed from" in line for line in logs)
+    assert second.global_step == full.global_step == 6
+    for a, b in zip(final_arch_values(tmp_path / "resumed"),
+                    final_arch_values(tmp_path / "full")):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    sgd, _ = run(tiny_config(tmp_path / "sgd", weight_lr=0.01, weight_lr_min=0.001))
+    assert not np.allclose(final_arch_values(tmp_path / "sgd")[0],
+                           final_arch_values(tmp_path / "full")[0], atol=1e-6)
+
+
 @pytest.mark.parametrize("field,value,message", [
     ("epochs", 0, "--epochs must be >= 1, got 0"),
     ("crop_size", -5, "--crop_size must be >= 1, got -5"),
@@ -157,6 +186,8 @@ def test_resume_with_other_model_settings_is_refused(tmp_path):
     ("max_steps", 0, "--max_steps must be >= 1, got 0"),
     ("strategy", "tpu", "--strategy=tpu: unknown strategy, expected one of default, "
                         "one_device, mirrored, multi_worker"),
+    ("weight_optimizer", "rmsprop", "--weight_optimizer must be one of sgd, adam, "
+                                    "got 'rmsprop'"),
 ])
 def test_bad_settings_name_the_flag(tmp_path, field, value, message):
     with pytest.raises(ValueError) as e:

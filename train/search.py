@@ -44,10 +44,15 @@ _LOOP = flags.DEFINE_bool("loop_uniform_layers", True, "Run layers num_levels+1.
                           "supernet as one tf.while_loop over stacked weights: on CPU ~25% "
                           "less memory and half the tracing time, ~10% slower steps. "
                           "--noloop_uniform_layers traces every layer (README, Performance).")
-_WEIGHT_LR = flags.DEFINE_float("weight_lr", 0.025, "Initial SGD learning rate of the "
-                                "weights (cosine decay).")
-_WEIGHT_LR_MIN = flags.DEFINE_float("weight_lr_min", 0.001, "Final SGD learning rate.")
-_MOMENTUM = flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
+_WEIGHT_OPTIMIZER = flags.DEFINE_enum(
+    "weight_optimizer", "sgd", list(search_lib.WEIGHT_OPTIMIZERS),
+    "Optimizer of the weights: the paper's SGD with momentum, or Adam (the demo's default: "
+    "it leaves the background-only plateau within a short search).")
+_WEIGHT_LR = flags.DEFINE_float("weight_lr", 0.025, "Initial learning rate of the weights "
+                                "(cosine decay to --weight_lr_min).")
+_WEIGHT_LR_MIN = flags.DEFINE_float("weight_lr_min", 0.001, "Final learning rate of the "
+                                    "weights.")
+_MOMENTUM = flags.DEFINE_float("momentum", 0.9, "SGD momentum (--weight_optimizer=sgd).")
 _WEIGHT_DECAY = flags.DEFINE_float("weight_decay", 3e-4, "L2 weight decay of the weights.")
 _ARCH_LR = flags.DEFINE_float("arch_lr", 3e-3, "Adam learning rate of alpha and beta.")
 _ARCH_DECAY = flags.DEFINE_float("arch_weight_decay", 1e-3, "L2 weight decay of alpha, beta.")
@@ -80,7 +85,8 @@ def config_from_flags() -> search_lib.SearchConfig:
     """SearchConfig from the command line (demo defaults for flags left unset)."""
     values = {name: flags.FLAGS[name].value for name in (
         "epochs", "arch_start_epoch", "batch_size", "crop_size", "scale", "filter_multiplier",
-        "num_layers", "num_blocks", "num_levels", "loop_uniform_layers", "weight_lr", "weight_lr_min", "momentum",
+        "num_layers", "num_blocks", "num_levels", "loop_uniform_layers", "weight_optimizer",
+        "weight_lr", "weight_lr_min", "momentum",
         "weight_decay", "arch_lr", "arch_weight_decay", "seed", "steps_per_epoch",
         "checkpoint_every_steps", "log_every_steps", "max_steps", "deterministic",
         "jit_compile") + cli.DISTRIBUTE_FLAGS}
