@@ -13,7 +13,7 @@ import numpy as np
 
 from auto_deeplab_tf import search_space
 from auto_deeplab_tf.architecture import INPUTS_PER_BLOCK, Architecture
-from auto_deeplab_tf.viterbi import viterbi
+from auto_deeplab_tf.viterbi import path_probability, viterbi
 
 
 def num_blocks_for_edges(num_edges: int) -> int:
@@ -56,7 +56,12 @@ def decode_path(beta: np.ndarray) -> tuple[list[int], float]:
 
 
 def decode_architecture(alpha: np.ndarray, beta: np.ndarray) -> tuple[Architecture, dict[str, Any]]:
-    """alpha and beta logits -> (Architecture, metadata with the path probability)."""
+    """alpha and beta logits -> (Architecture, metadata).
+
+    The metadata holds the decoded path's probability under beta, and under a uniform beta
+    (all logits 0): their ratio says how far beta has moved from its start.
+    """
     path, probability = decode_path(beta)
     arch = Architecture(cell=decode_cell(alpha), path=path, num_levels=np.shape(beta)[1])
-    return arch, {"path_probability": probability}
+    uniform = path_probability(search_space.normalize_beta(np.zeros(np.shape(beta))), path)
+    return arch, {"path_probability": probability, "uniform_path_probability": uniform}

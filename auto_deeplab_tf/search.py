@@ -295,9 +295,13 @@ def _search_loop(config, model, strategy, checkpoint, epoch_var, step_var, check
     writer = _Writer(model_dir if is_chief else None)
     step_fns = {}
     previous_arch = None
+    unchanged_since = None  # the first epoch of the current run of identical architectures
     arch_path = os.path.join(model_dir, common.ARCHITECTURE_FILENAME)
     if tf.io.gfile.exists(arch_path):
         previous_arch = Architecture.load(arch_path)
+        with tf.io.gfile.GFile(arch_path) as f:
+            unchanged_since = json.load(f).get(common.ARCH_METADATA, {}).get(
+                "unchanged_since_epoch")
 
     def global_step() -> int:
         return int(epoch_var) * steps_per_epoch + int(step_var)
@@ -306,11 +310,14 @@ def _search_loop(config, model, strategy, checkpoint, epoch_var, step_var, check
         return checkpoints.save(global_step())
 
     def finish_epoch(epoch: int) -> None:
-        nonlocal previous_arch
+        nonlocal previous_arch, unchanged_since
         alpha = model.alpha.numpy()
         beta = model.beta.numpy()
         arch, meta = decoding.decode_architecture(alpha, beta)
-        meta.update(epoch=epoch + 1, global_step=global_step())
+        if previous_arch is None or arch != previous_arch or unchanged_since is None:
+            unchanged_since = epoch + 1
+        meta.update(epoch=epoch + 1, global_step=global_step(),
+                    unchanged_since_epoch=unchanged_since)
         if is_chief:
             arch.save(arch_path, meta)
             arch.save(os.path.join(model_dir, EPOCH_ARCH_SUBDIR,
@@ -401,5 +408,12 @@ def _search_loop(config, model, strategy, checkpoint, epoch_var, step_var, check
     elapsed = time.perf_counter() - start
     log(f"search {'finished' if not stopped else 'paused'} after {steps_run} steps in "
         f"{elapsed:.0f} s")
+    if unchanged_since is not None:
+        meta["unchanged_since_epoch"] = unchanged_since
+        ratio = meta["path_probability"] / meta["uniform_path_probability"]
+        log(f"decoded path probability {meta['path_probability']:.3g}, {ratio:.2f}x its "
+            f"{meta['uniform_path_probability']:.3g} under a uniform beta; the architecture "
+            f"has not changed since epoch {unchanged_since} (the last "
+            f"{int(epoch_var) - unchanged_since + 1} of {int(epoch_var)} epochs)")
     return SearchResult(arch, meta, completed=int(epoch_var) >= config.epochs,
                         global_step=global_step(), alpha=alpha, beta=beta)

@@ -51,6 +51,19 @@ def test_decode_architecture_combines_cell_and_viterbi_path():
     assert meta["path_probability"] == pytest.approx(p)
 
 
+def test_uniform_path_probability_counts_the_choices_along_the_path():
+    # Under a uniform beta a node at level 0 has 2 outgoing transitions (stay, down), one at
+    # the top level 2 (up, stay), and a middle one 3; the first layer leaves level 0.
+    beta = np.zeros((4, 3, 3))
+    beta[:, :, 1] = 5.0  # every node prefers to stay: the path keeps level 0
+    arch, meta = decoding.decode_architecture(alpha_for(AUTODEEPLAB.cell), beta)
+    assert list(arch.path) == [0, 0, 0, 0]
+    assert meta["uniform_path_probability"] == pytest.approx(0.5 ** 4)
+    assert meta["path_probability"] > 15 * meta["uniform_path_probability"]  # at most 16x
+    _, uniform = decoding.decode_architecture(alpha_for(AUTODEEPLAB.cell), np.zeros((4, 3, 3)))
+    assert uniform["path_probability"] == pytest.approx(uniform["uniform_path_probability"])
+
+
 def test_alpha_with_a_non_triangular_edge_count_is_rejected():
     with pytest.raises(ValueError, match="7 edges match no number of blocks"):
         decoding.decode_cell(np.zeros((7, ss.NUM_OPS)))

@@ -87,6 +87,7 @@ def test_stopped_and_resumed_search_equals_an_uninterrupted_one(tmp_path, full_r
     np.testing.assert_allclose(alpha_res, alpha_full, atol=1e-6)
     np.testing.assert_allclose(beta_res, beta_full, atol=1e-6)
     assert second.architecture == full.architecture
+    assert second.metadata["unchanged_since_epoch"] == full.metadata["unchanged_since_epoch"]
     # alpha/beta moved only in epoch 2 (arch_start_epoch=1), and they did move.
     assert np.abs(alpha_full).max() > 1e-2
 
@@ -120,6 +121,14 @@ def test_search_writes_architectures_checkpoints_and_tensorboard(full_run):
     assert meta["epoch"] == 2 and meta["global_step"] == 6
     assert any("architecture first decoded" in line for line in logs)
     assert any("steps/s" in line and "ETA" in line for line in logs)
+    # unchanged_since_epoch: the first epoch of the final run of identical architectures.
+    archs = [Architecture.load(str(tmp_path / "architectures" / name)) for name in epochs]
+    since = 2 if archs[1] != archs[0] else 1
+    assert meta["unchanged_since_epoch"] == since == result.metadata["unchanged_since_epoch"]
+    ratio = meta["path_probability"] / meta["uniform_path_probability"]
+    assert (f"decoded path probability {meta['path_probability']:.3g}, {ratio:.2f}x its "
+            f"{meta['uniform_path_probability']:.3g} under a uniform beta; the architecture has "
+            f"not changed since epoch {since} (the last {3 - since} of 2 epochs)") in logs
     events = [f for f in os.listdir(tmp_path) if f.startswith("events.out.tfevents")]
     assert events
     tags = set()
