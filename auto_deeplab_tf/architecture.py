@@ -115,6 +115,23 @@ class Architecture:
         return sorted(set(self.path))
 
 
+def origin_metadata(origin: str, seed: int | None, **extra: Any) -> dict[str, Any]:
+    """Metadata saying where an architecture came from: `{"origin": origin, "seed": seed,
+    ...extra}` (common.ORIGIN_SEARCH with the search's seed, common.ORIGIN_RANDOM with the
+    sampler's); the comparison of architectures groups them by it."""
+    return {common.ARCH_ORIGIN: origin, common.ARCH_ORIGIN_SEED: seed, **extra}
+
+
+def read_metadata(path: str) -> dict[str, Any]:
+    """The metadata of an architecture JSON file ({} if it has none); errors name the file."""
+    Architecture.load(path)  # validates, with a message naming the file
+    with open(path) as f:
+        metadata = json.load(f).get(common.ARCH_METADATA) or {}
+    if not isinstance(metadata, Mapping):
+        raise ValueError(f"{path}: '{common.ARCH_METADATA}' must be a JSON object")
+    return dict(metadata)
+
+
 def _validate(arch: Architecture) -> None:
     if arch.num_levels < 1:
         raise ValueError(f"num_levels must be >= 1, got {arch.num_levels}")

@@ -41,7 +41,7 @@ from auto_deeplab_tf import progress
 from auto_deeplab_tf import search_space
 from auto_deeplab_tf import summaries
 from auto_deeplab_tf import visualize
-from auto_deeplab_tf.architecture import Architecture
+from auto_deeplab_tf.architecture import Architecture, origin_metadata
 from auto_deeplab_tf.search_model import SearchModel
 
 CONFIG_FILENAME = "search_config.json"
@@ -299,7 +299,8 @@ def _search_loop(config, model, strategy, checkpoint, epoch_var, step_var, check
         alpha = model.alpha.numpy()
         beta = model.beta.numpy()
         arch, meta = decoding.decode_architecture(alpha, beta)
-        meta.update(epoch=epoch + 1, global_step=global_step())
+        meta.update(origin_metadata(common.ORIGIN_SEARCH, config.seed), epoch=epoch + 1,
+                    global_step=global_step())
         if is_chief:
             arch.save(arch_path, meta)
             arch.save(os.path.join(model_dir, EPOCH_ARCH_SUBDIR,

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from auto_deeplab_tf.architecture import (AUTODEEPLAB, Architecture, FORMAT,
-                                          get_architecture)
+                                          get_architecture, origin_metadata, read_metadata)
 
 
 def test_builtin_is_the_papers_network():
@@ -82,3 +82,14 @@ def test_unknown_name_lists_builtins():
     with pytest.raises(ValueError, match="unknown architecture 'nasnet': expected one of "
                                          "autodeeplab or a path to a .json file"):
         get_architecture("nasnet")
+
+
+def test_origin_metadata_is_read_back(tmp_path):
+    path = str(tmp_path / "a.json")
+    AUTODEEPLAB.save(path, origin_metadata("random", 4, index=2))
+    assert read_metadata(path) == {"origin": "random", "seed": 4, "index": 2}
+    AUTODEEPLAB.save(path)
+    assert read_metadata(path) == {}
+    (tmp_path / "bad.json").write_text('{"cell": [], "path": [0]}')
+    with pytest.raises(ValueError, match=f"{tmp_path / 'bad.json'}: cell must have"):
+        read_metadata(str(tmp_path / "bad.json"))
