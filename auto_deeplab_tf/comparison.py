@@ -157,6 +157,7 @@ def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float | None:
     None when fewer than 2 pairs or either sequence is constant."""
     if len(x) != len(y):
         raise ValueError(f"kendall_tau needs paired values, got {len(x)} and {len(y)}")
+    x, y = [float(v) for v in x], [float(v) for v in y]
     score = untied_x = untied_y = 0
     for i in range(len(x)):
         for j in range(i + 1, len(x)):
