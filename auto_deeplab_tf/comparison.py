@@ -429,7 +429,7 @@ def run_comparison(template, candidates: Sequence[Candidate], seeds: Sequence[in
     `template` is a `retrain.RetrainConfig` whose architecture, seed and model_dir are
     replaced per run; everything else (budget, model size, optimizer, data) is shared.
     With `supernet_dir` (a train.search --model_dir), each candidate also gets its
-    inherited mIoU (`inherited.inherited_miou`).
+    inherited mIoU (`inherited.evaluate_candidates`).
     """
     import keras
     import tensorflow as tf
@@ -510,6 +510,9 @@ def run_comparison(template, candidates: Sequence[Candidate], seeds: Sequence[in
         architecture_stats(template, candidate.architecture, num_classes, arch_dirs[key])
         keras.backend.clear_session()
 
+    # Written before any retraining, so that params, multiply-adds and inherited mIoU show
+    # at once, and after every run.
+    payload = report(0)
     total = len(unique) * len(seeds)
     done = 0
     pending = []
@@ -542,8 +545,7 @@ def run_comparison(template, candidates: Sequence[Candidate], seeds: Sequence[in
             del result
             keras.backend.clear_session()
             gc.collect()
-            report(done)
-    payload = report(done)
+            payload = report(done)
     writer.close()
     log(format_report(payload["architectures"], payload["summary"], seeds))
     if pending:
