@@ -130,7 +130,10 @@ class ShardedWriter:
 
     def write(self, example: tf.train.Example, name: str) -> None:
         """Appends one example (named `name`) to the next shard."""
-        self._writers[len(self._names) % len(self._writers)].write(example.SerializeToString())
+        # Deterministic: the feature map is otherwise serialised in an order that changes from
+        # process to process, and equal inputs must give byte-identical shards.
+        self._writers[len(self._names) % len(self._writers)].write(
+            example.SerializeToString(deterministic=True))
         self._names.append(name)
 
     def _close(self) -> None:
