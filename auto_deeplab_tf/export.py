@@ -120,6 +120,12 @@ class SegmentationModule(tf.Module):
                 "with N, H, W >= 1")]
 
         def check_images(images):
+            # The scope names the failing node in TensorFlow's error ("Detected at node
+            # check_images/...").
+            with tf.name_scope("check_images"):
+                return checked_images(images)
+
+        def checked_images(images):
             rank = tf.debugging.assert_equal(
                 tf.rank(images), 4, message="images must be a uint8 batch of rank 4, "
                 "[N, H, W, 3]; for one image [H, W, 3] add a batch dimension")

@@ -124,6 +124,26 @@ def test_encoded_signature_matches_and_bad_inputs_fail_clearly(exported):
         encoded(encoded_images=tf.constant([b"not an image"]))
 
 
+def test_serving_error_message_puts_the_input_check_first(exported):
+    """TensorFlow's Python runtime puts "Graph execution error:" and the failing node before
+    the export's own sentence; serving_error_message restores the sentence to the first line,
+    and the failing node's name says which check it was."""
+    _, export_dir, _ = exported
+    serve = tf.saved_model.load(export_dir).signatures["serving_default"]
+    with pytest.raises(tf.errors.InvalidArgumentError) as e:
+        serve(images=tf.zeros([8, 8, 3], tf.uint8))
+    assert "check_images" in str(e.value)
+    first = export_lib.serving_error_message(e.value).splitlines()[0]
+    assert first.startswith("assertion failed: [images must be a uint8 batch of rank 4, "
+                            "[N, H, W, 3]; for one image [H, W, 3] add a batch dimension]")
+    with pytest.raises(ValueError) as e:
+        export_lib.run_with_tf1_loader(
+            export_dir, {"serving_default": {"images": np.zeros((1, 8, 8, 4), np.uint8)}})
+    assert ("(signature 'serving_default'): InvalidArgumentError: assertion failed: [images "
+            "must have 3 channels (RGB), shape [N, H, W, 3]; convert grey or RGBA images to "
+            "RGB]") in str(e.value).splitlines()[0]
+
+
 def _predict_train_ids(export_dir, image_path, output_dir):
     """train.predict's labels for one image (its trainIds PNG)."""
     out = sh.run_module("train.predict", f"--export_dir={export_dir}",

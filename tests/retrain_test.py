@@ -149,6 +149,43 @@ def test_bad_flags_name_the_flag(tmp_path):
     assert bad.returncode != 0 and "--data_dir" in bad.stderr
 
 
+def test_architecture_errors_name_the_path_once(tmp_path):
+    empty = tmp_path / "empty.json"
+    empty.write_text("")
+    with pytest.raises(ValueError) as e:
+        retrain_lib.load_architecture(str(empty))
+    assert str(e.value) == (f"--architecture={empty}: the architecture file is empty "
+                            "(expected the JSON that train.search or train.decode writes)")
+    with pytest.raises(ValueError) as e:
+        retrain_lib.load_architecture(str(tmp_path / "missing.json"))
+    assert str(e.value) == (f"--architecture={tmp_path / 'missing.json'}: cannot read "
+                            "architecture: No such file or directory")
+    with pytest.raises(ValueError) as e:
+        retrain_lib.load_architecture("nasnet")
+    assert str(e.value).startswith("--architecture=nasnet: unknown architecture 'nasnet'")
+
+
+def test_missing_data_dir_points_to_a_readme_section_that_exists(tmp_path):
+    from datasets import input_pipeline
+
+    with pytest.raises(ValueError) as e:
+        input_pipeline.resolve_data_dir("cityscapes", None)
+    assert str(e.value) == (
+        "--dataset=cityscapes needs --data_dir=DIR, the folder of its TFRecord shards "
+        "('{split}-*.tfrecord'); the README's 'Data' section, subsection 'Cityscapes', says "
+        "how to convert a download. Only --dataset=demo runs without one.")
+    with open(os.path.join(sh.REPO, "README.md"), encoding="utf-8") as f:
+        headings = [line.strip() for line in f if line.startswith("#")]
+    assert "## Data" in headings
+    for section in input_pipeline.README_SECTIONS.values():
+        assert f"### {section}" in headings
+    assert not os.path.exists(os.path.join(sh.REPO, "datasets", "README.md"))
+    with pytest.raises(FileNotFoundError, match="the README's 'Data' section, subsection "
+                                                "'Cityscapes', says how to convert"):
+        input_pipeline.split_files(input_pipeline.registry.get("cityscapes"), str(tmp_path),
+                                   "train")
+
+
 def test_multi_worker_retraining_needs_tf_config(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     bad = sh.run_module("train.retrain", "--dataset=demo", f"--model_dir={tmp_path / 'mw'}",
