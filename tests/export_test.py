@@ -142,6 +142,12 @@ def test_serving_error_message_puts_the_input_check_first(exported):
     assert ("(signature 'serving_default'): InvalidArgumentError: assertion failed: [images "
             "must have 3 channels (RGB), shape [N, H, W, 3]; convert grey or RGBA images to "
             "RGB]") in str(e.value).splitlines()[0]
+    # The runtime's own status, before the Python session rewrites it (the session raises
+    # the rewritten error while handling the original): what a C++ client such as TF
+    # Serving reports. It starts with the check's sentence.
+    raw = e.value.__cause__.__context__
+    assert isinstance(raw, tf.errors.InvalidArgumentError)
+    assert raw.message.startswith("assertion failed: [images must have 3 channels (RGB)")
 
 
 def _predict_train_ids(export_dir, image_path, output_dir):
