@@ -340,7 +340,6 @@ def run_retrain(config: RetrainConfig,
     config.validate()
     arch = load_architecture(config.architecture)
     model_dir = config.model_dir
-    tf.io.gfile.makedirs(model_dir)
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -382,6 +381,9 @@ def run_retrain(config: RetrainConfig,
     config_dict["stem_filters"] = list(config.stem_filters)
     config_dict["architecture_spec"] = arch.to_dict()
     config_dict["ignore_label"] = int(ignore_label)
+    # Created only now, once the flags and the data have been checked: a run that fails
+    # before this leaves no empty --model_dir behind.
+    tf.io.gfile.makedirs(model_dir)
     _check_resume_config(config_dict, model_dir, write=is_chief)
 
     with strategy.scope():

@@ -41,6 +41,12 @@ def exported(tmp_path_factory):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "agrees with the Keras model on 100.00% of pixels" in out.stdout
     assert "serves the same labels in the TF1 session loader" in out.stdout
+    # Only its own lines: none of TensorFlow's info lines ("Assets written", "Sharding
+    # callback duration", "Writing fingerprint", renamed signature inputs).
+    assert out.stdout.splitlines()[0].startswith("exported ")
+    for noise in ("Assets written", "Sharding callback", "fingerprint", "unsupported characters",
+                  "deprecated"):
+        assert noise not in out.stdout + out.stderr, noise
     return model_dir, export_dir, base
 
 
