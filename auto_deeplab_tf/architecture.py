@@ -79,10 +79,14 @@ class Architecture:
 
     @classmethod
     def from_json(cls, text: str) -> "Architecture":
+        if not text.strip():
+            raise ValueError("the architecture file is empty (expected the JSON that "
+                             "train.search or train.decode writes)")
         try:
             return cls.from_dict(json.loads(text))
         except json.JSONDecodeError as e:
-            raise ValueError(f"not valid JSON: {e}") from e
+            raise ValueError(f"not valid JSON ({e}); an architecture file is the JSON that "
+                             "train.search or train.decode writes") from e
 
     def save(self, path: str, metadata: Mapping[str, Any] | None = None) -> None:
         """Writes JSON atomically, so a reader never sees a half-written file."""

@@ -78,6 +78,26 @@ def test_load_errors_name_the_file(tmp_path):
         Architecture.load(str(tmp_path / "missing.json"))
 
 
+def test_empty_or_non_json_file_is_named_and_said_so(tmp_path):
+    empty = tmp_path / "empty.json"
+    empty.write_text("")
+    with pytest.raises(ValueError) as e:
+        Architecture.load(str(empty))
+    assert str(e.value) == (f"{empty}: the architecture file is empty (expected the JSON "
+                            "that train.search or train.decode writes)")
+    blank = tmp_path / "blank.json"
+    blank.write_text("  \n")
+    with pytest.raises(ValueError, match=f"^{blank}: the architecture file is empty"):
+        Architecture.load(str(blank))
+    text = tmp_path / "notes.json"
+    text.write_text("path: 0 0 1\n")
+    with pytest.raises(ValueError) as e:
+        Architecture.load(str(text))
+    assert str(e.value) == (f"{text}: not valid JSON (Expecting value: line 1 column 1 (char "
+                            "0)); an architecture file is the JSON that train.search or "
+                            "train.decode writes")
+
+
 def test_unknown_name_lists_builtins():
     with pytest.raises(ValueError, match="unknown architecture 'nasnet': expected one of "
                                          "autodeeplab or a path to a .json file"):
