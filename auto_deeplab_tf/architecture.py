@@ -79,10 +79,14 @@ class Architecture:
 
     @classmethod
     def from_json(cls, text: str) -> "Architecture":
+        if not text.strip():
+            raise ValueError("the architecture file is empty (expected the JSON that "
+                             "train.search or train.decode writes)")
         try:
             return cls.from_dict(json.loads(text))
         except json.JSONDecodeError as e:
-            raise ValueError(f"not valid JSON: {e}") from e
+            raise ValueError(f"not valid JSON ({e}); an architecture file is the JSON that "
+                             "train.search or train.decode writes") from e
 
     def save(self, path: str, metadata: Mapping[str, Any] | None = None) -> None:
         """Writes JSON atomically, so a reader never sees a half-written file."""
@@ -113,6 +117,23 @@ class Architecture:
 
     def levels_used(self) -> list[int]:
         return sorted(set(self.path))
+
+
+def origin_metadata(origin: str, seed: int | None, **extra: Any) -> dict[str, Any]:
+    """Metadata saying where an architecture came from: `{"origin": origin, "seed": seed,
+    ...extra}` (common.ORIGIN_SEARCH with the search's seed, common.ORIGIN_RANDOM with the
+    sampler's); the comparison of architectures groups them by it."""
+    return {common.ARCH_ORIGIN: origin, common.ARCH_ORIGIN_SEED: seed, **extra}
+
+
+def read_metadata(path: str) -> dict[str, Any]:
+    """The metadata of an architecture JSON file ({} if it has none); errors name the file."""
+    Architecture.load(path)  # validates, with a message naming the file
+    with open(path) as f:
+        metadata = json.load(f).get(common.ARCH_METADATA) or {}
+    if not isinstance(metadata, Mapping):
+        raise ValueError(f"{path}: '{common.ARCH_METADATA}' must be a JSON object")
+    return dict(metadata)
 
 
 def _validate(arch: Architecture) -> None:

@@ -23,6 +23,13 @@ ARCH_PATH = "path"
 ARCH_NUM_LEVELS = "num_levels"
 ARCH_FORMAT = "format"
 ARCH_METADATA = "metadata"
+# Metadata keys saying where an architecture came from: ARCH_ORIGIN is ORIGIN_SEARCH (with the
+# search run's seed) or ORIGIN_RANDOM (with the sampler's seed and the sample's index).
+ARCH_ORIGIN = "origin"
+ARCH_ORIGIN_SEED = "seed"
+ARCH_SAMPLE_INDEX = "index"
+ORIGIN_SEARCH = "search"
+ORIGIN_RANDOM = "random"
 
 # Files a run writes under --model_dir.
 ARCHITECTURE_FILENAME = "architecture.json"

@@ -90,6 +90,27 @@ def confusion_matrix(predict_fn: Callable[[tf.Tensor], tf.Tensor],
     return metric.matrix.numpy(), count
 
 
+def evaluate_split(predict_fn: Callable[[tf.Tensor], tf.Tensor], descriptor, data_dir: str,
+                   split: str, max_images: int | None = None,
+                   log: Callable[[str], None] | None = None) -> dict:
+    """`predict_fn` (normalised images -> class ids) over a split of a registered dataset
+    (`descriptor`, a `datasets.registry.DatasetDescriptor`): `summarize`'s keys plus dataset,
+    split, num_images and confusion_matrix. `max_images` stops after that many images."""
+    from datasets import input_pipeline  # the data layer is optional for the library
+
+    examples = input_pipeline.eval_dataset(descriptor, data_dir, split=split)
+    if max_images:
+        examples = examples.take(max_images)
+    matrix, count = confusion_matrix(predict_fn, examples, descriptor.num_classes,
+                                     descriptor.ignore_label, log=log)
+    if count == 0:
+        raise ValueError(f"split '{split}' in {data_dir} has no examples")
+    result = summarize(matrix, descriptor.class_names)
+    result.update(dataset=descriptor.name, split=split, num_images=count,
+                  confusion_matrix=matrix.astype(int).tolist())
+    return result
+
+
 def summarize(matrix: np.ndarray, class_names: Sequence[str]) -> dict:
     """The JSON-ready result: miou, per_class_iou {name: iou or null}, pixel_accuracy."""
     iou = metrics_lib.per_class_iou(matrix).numpy()

@@ -15,8 +15,10 @@ sizes fail with an InvalidArgumentError whose message says what was expected. (T
 input is declared with unknown rank so that these checks run in the graph.)
 
 Keras 3 keeps list-held sublayers out of TensorFlow's object graph, so the module tracks
-every variable explicitly (`checkpointing.VariableBundle`); `verify_export` reloads the
-SavedModel and compares its labels with the Keras model's.
+every variable explicitly, as the `tf.Variable` behind each Keras variable
+(`serving_variables`), which TF Serving's TF1 loader needs. `verify_export` reloads the
+SavedModel, compares its labels with the Keras model's, and runs both signatures through that
+TF1 loader (`run_with_tf1_loader`).
 
 assets/metadata.json holds the dataset name, class names, palette, ignore label, the
 Cityscapes trainId -> labelId table (or null) and the model settings, for train.predict.
@@ -51,6 +53,29 @@ def normalize_image(image: tf.Tensor) -> tf.Tensor:
     return tf.cast(image, tf.float32) / 127.5 - 1.0
 
 
+def serving_variables(model: keras.Model) -> checkpointing.VariableBundle:
+    """Every variable of `model` as the `tf.Variable` that holds its value, keyed like
+    `VariableBundle.for_model`.
+
+    The SavedModel must track these, not the Keras 3 `Variable` wrappers around them: a
+    wrapper saves a second, fresh `tf.Variable` as the object the checkpoint restores, while
+    the signatures read the wrapped one. The TF2 Python loader reconnects the two, but the
+    TF1 session loader (TF Serving's `SavedModelBundle`, `saved_model_cli run`) restores only
+    the copy and then fails with "Could not find variable ..." (keras-team/keras#20095).
+    """
+    keras_bundle = checkpointing.VariableBundle.for_model(model)
+    bundle = checkpointing.VariableBundle()
+    for key, variable in keras_bundle.variables_by_path.items():
+        # A Keras variable's `.value` is its backing tf.Variable outside an autocast scope
+        # (none is open here).
+        backing = variable if isinstance(variable, tf.Variable) else variable.value
+        if not isinstance(backing, tf.Variable):
+            raise TypeError(f"variable {key}: expected a tf.Variable behind it, got "
+                            f"{type(backing).__name__}")
+        bundle.variables_by_path[key] = backing
+    return bundle
+
+
 class SegmentationModule(tf.Module):
     """The servable: the model's variables plus tf.function signatures.
 
@@ -66,7 +91,7 @@ class SegmentationModule(tf.Module):
                  add_flipped_images: bool = False):
         super().__init__(name="auto_deeplab")
         # Every weight, by path: tracking `model` itself would miss list-held sublayers.
-        self.model_variables = checkpointing.VariableBundle.for_model(model)
+        self.model_variables = serving_variables(model)
         self._metadata_dir = tempfile.mkdtemp(prefix="auto_deeplab_export_")
         path = os.path.join(self._metadata_dir, METADATA_FILENAME)
         with open(path, "w", encoding="utf-8") as f:
@@ -95,6 +120,12 @@ class SegmentationModule(tf.Module):
                 "with N, H, W >= 1")]
 
         def check_images(images):
+            # The scope names the failing node in TensorFlow's error ("Detected at node
+            # check_images/...").
+            with tf.name_scope("check_images"):
+                return checked_images(images)
+
+        def checked_images(images):
             rank = tf.debugging.assert_equal(
                 tf.rank(images), 4, message="images must be a uint8 batch of rank 4, "
                 "[N, H, W, 3]; for one image [H, W, 3] add a batch dimension")
@@ -169,10 +200,85 @@ def read_metadata(export_dir: str) -> dict[str, Any]:
         return json.load(f)
 
 
+def serving_error_message(error: tf.errors.OpError) -> str:
+    """The message of a failed serving call without the lines TensorFlow's Python runtime
+    puts before it ("Graph execution error:", "Detected at node ...", "<stack traces
+    unavailable>"), so that the cause comes first: for the export's input checks, the
+    sentence that says what was expected."""
+    lines = [line for line in error.message.splitlines()
+             if line.strip() and line.strip() != "Graph execution error:"
+             and not line.startswith("Detected at node ")
+             and line.strip() != "<stack traces unavailable>"]
+    return "\n".join(lines) or error.message
+
+
+def run_with_tf1_loader(export_dir: str, feeds: dict[str, dict[str, Any]],
+                        tags: Sequence[str] = ("serve",)) -> dict[str, dict[str, np.ndarray]]:
+    """Runs signatures of the SavedModel the way TF Serving's `SavedModelBundle` and
+    `saved_model_cli run` do: loaded by the TF1 loader into a graph and session (variables
+    restored by the MetaGraph's saver, not by the TF2 object graph), fed and fetched by the
+    tensor names of each signature_def.
+
+    Args:
+      export_dir: the SavedModel directory.
+      feeds: {signature name: {input name: value}}.
+      tags: the MetaGraph's tag set.
+
+    Returns:
+      {signature name: {output name: numpy array}}.
+
+    Raises:
+      ValueError: the SavedModel does not load or run this way (the message says why), or a
+        signature or input name is unknown.
+    """
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
+        # The TF1 loader logs a deprecation warning on its first call: it is used on purpose.
+        logger = tf.get_logger()
+        level = logger.level
+        logger.setLevel("ERROR")
+        try:
+            meta_graph = tf.compat.v1.saved_model.loader.load(session, list(tags), export_dir)
+        except (tf.errors.OpError, RuntimeError, OSError) as e:
+            raise ValueError(f"the SavedModel in {export_dir} does not load in the TF1 "
+                             f"session loader that TF Serving and `saved_model_cli run` use: "
+                             f"{type(e).__name__}: {e}") from e
+        finally:
+            logger.setLevel(level)
+        results = {}
+        for name, inputs in feeds.items():
+            if name not in meta_graph.signature_def:
+                raise ValueError(f"the SavedModel in {export_dir} has no signature '{name}'")
+            signature = meta_graph.signature_def[name]
+            unknown = set(inputs) - set(signature.inputs)
+            if unknown:
+                raise ValueError(f"signature '{name}' has no input(s) {sorted(unknown)}; it "
+                                 f"takes {sorted(signature.inputs)}")
+            try:
+                results[name] = session.run(
+                    {k: v.name for k, v in signature.outputs.items()},
+                    {signature.inputs[k].name: v for k, v in inputs.items()})
+            except tf.errors.OpError as e:
+                raise ValueError(
+                    f"the SavedModel in {export_dir} does not run in the TF1 session loader "
+                    f"that TF Serving and `saved_model_cli run` use (signature '{name}'): "
+                    f"{type(e).__name__}: {serving_error_message(e)}") from e
+    return results
+
+
 def verify_export(export_dir: str, model: keras.Model, size: tuple[int, int] = (37, 53),
                   seed: int = 0) -> float:
     """Reloads the SavedModel and compares its labels with the Keras model's on a random
-    image; returns the fraction of pixels that agree (raises if the weights are missing)."""
+    image; returns the fraction of pixels that agree.
+
+    Also runs both signatures on that image through the TF1 session loader
+    (`run_with_tf1_loader`, the path of TF Serving and `saved_model_cli run`) and requires
+    the labels of the TF2 loader from each.
+
+    Raises:
+      ValueError: the SavedModel misses weights, does not load or run in the TF1 loader, or
+        gives other labels there.
+    """
     rng = np.random.default_rng(seed)
     image = rng.integers(0, 256, size=(1, *size, 3), dtype=np.uint8)
     loaded = tf.saved_model.load(export_dir)
@@ -184,4 +290,12 @@ def verify_export(export_dir: str, model: keras.Model, size: tuple[int, int] = (
     if num_saved != len(model.variables):
         raise ValueError(f"the SavedModel holds {num_saved} variables, the model "
                          f"{len(model.variables)}")
+    encoded = tf.io.encode_png(image[0]).numpy()
+    tf1 = run_with_tf1_loader(export_dir, {
+        "serving_default": {"images": image},
+        "serving_encoded": {"encoded_images": np.array([encoded])}})
+    for name, outputs in tf1.items():
+        if not np.array_equal(outputs["semantic"], served.numpy()):
+            raise ValueError(f"the SavedModel in {export_dir} gives other labels in the TF1 "
+                             f"session loader (signature '{name}') than in the TF2 loader")
     return agreement

@@ -148,7 +148,11 @@ def load_architecture(spec: str) -> architecture_lib.Architecture:
     try:
         return architecture_lib.get_architecture(spec)
     except (ValueError, OSError, KeyError, TypeError) as e:
-        raise ValueError(f"--architecture={spec}: {e}") from e
+        message = str(e)
+        # Errors of Architecture.load start with the path, which the flag already shows.
+        if message.startswith(f"{spec}: "):
+            message = message[len(spec) + 2:]
+        raise ValueError(f"--architecture={spec}: {message}") from e
 
 
 def build_model(model_config: dict[str, Any]) -> AutoDeepLab:
@@ -188,16 +192,31 @@ def checkpoint_step(path: str) -> int:
 
 
 def resolve_checkpoint(model_dir: str, checkpoint_path: str | None = None) -> str:
-    """The checkpoint to load: `checkpoint_path` (a prefix or a directory) or the latest one."""
-    path = checkpoint_path or os.path.join(model_dir, CHECKPOINT_SUBDIR)
-    if tf.io.gfile.isdir(path):
-        latest = tf.train.latest_checkpoint(path)
+    """The checkpoint to load: `checkpoint_path` (a prefix or a directory) or the latest one
+    in MODEL_DIR/checkpoints.
+
+    Raises:
+      ValueError: no such checkpoint; the message names --checkpoint_path only when it was
+        given, and otherwise says that the model_dir has no checkpoints yet.
+    """
+    if not checkpoint_path:
+        path = os.path.join(model_dir, CHECKPOINT_SUBDIR)
+        latest = tf.train.latest_checkpoint(path) if tf.io.gfile.isdir(path) else None
         if latest is None:
-            raise ValueError(f"no checkpoint in {path} yet")
+            what = f"{path} is empty" if tf.io.gfile.isdir(path) else f"no {path}"
+            raise ValueError(f"--model_dir={model_dir} has no checkpoints yet ({what}); train "
+                             f"it first with python -m train.retrain --model_dir={model_dir}, "
+                             "or pass --checkpoint_path")
         return latest
-    if not tf.io.gfile.exists(path + ".index"):
-        raise ValueError(f"--checkpoint_path={path}: no such checkpoint")
-    return path
+    if tf.io.gfile.isdir(checkpoint_path):
+        latest = tf.train.latest_checkpoint(checkpoint_path)
+        if latest is None:
+            raise ValueError(f"--checkpoint_path={checkpoint_path}: no checkpoint in this "
+                             "directory")
+        return latest
+    if not tf.io.gfile.exists(checkpoint_path + ".index"):
+        raise ValueError(f"--checkpoint_path={checkpoint_path}: no such checkpoint")
+    return checkpoint_path
 
 
 def restore_model(model: keras.Model, checkpoint_path: str) -> None:
@@ -321,7 +340,6 @@ def run_retrain(config: RetrainConfig,
     config.validate()
     arch = load_architecture(config.architecture)
     model_dir = config.model_dir
-    tf.io.gfile.makedirs(model_dir)
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -363,6 +381,9 @@ def run_retrain(config: RetrainConfig,
     config_dict["stem_filters"] = list(config.stem_filters)
     config_dict["architecture_spec"] = arch.to_dict()
     config_dict["ignore_label"] = int(ignore_label)
+    # Created only now, once the flags and the data have been checked: a run that fails
+    # before this leaves no empty --model_dir behind.
+    tf.io.gfile.makedirs(model_dir)
     _check_resume_config(config_dict, model_dir, write=is_chief)
 
     with strategy.scope():

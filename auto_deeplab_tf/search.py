@@ -41,7 +41,7 @@ from auto_deeplab_tf import progress
 from auto_deeplab_tf import search_space
 from auto_deeplab_tf import summaries
 from auto_deeplab_tf import visualize
-from auto_deeplab_tf.architecture import Architecture
+from auto_deeplab_tf.architecture import Architecture, origin_metadata
 from auto_deeplab_tf.search_model import SearchModel
 
 CONFIG_FILENAME = "search_config.json"
@@ -316,8 +316,8 @@ def _search_loop(config, model, strategy, checkpoint, epoch_var, step_var, check
         arch, meta = decoding.decode_architecture(alpha, beta)
         if previous_arch is None or arch != previous_arch or unchanged_since is None:
             unchanged_since = epoch + 1
-        meta.update(epoch=epoch + 1, global_step=global_step(),
-                    unchanged_since_epoch=unchanged_since)
+        meta.update(origin_metadata(common.ORIGIN_SEARCH, config.seed), epoch=epoch + 1,
+                    global_step=global_step(), unchanged_since_epoch=unchanged_since)
         if is_chief:
             arch.save(arch_path, meta)
             arch.save(os.path.join(model_dir, EPOCH_ARCH_SUBDIR,

@@ -168,9 +168,16 @@ class AutoDeepLabSupernet(keras.Model):
         return self._beta_mask.copy()
 
     # -- forward -------------------------------------------------------------------------
-    def call(self, images, training=None):
-        beta_w = self.beta_weights()
-        mixing = self.cells[0].mixing_weights(self.alpha_weights())
+    def call(self, images, training=None, arch_weights=None):
+        """`arch_weights`, when given, replaces softmax(alpha), normalised beta and the equal
+        sum of the heads: (alpha weights [num_edges, num_ops], beta weights [L, num_levels,
+        3], head weights [levels of layer L]). 0/1 masks select one sub-network (its
+        inherited accuracy, `inherited.subnetwork_weights`)."""
+        if arch_weights is None:
+            alpha_w, beta_w, head_w = self.alpha_weights(), self.beta_weights(), None
+        else:
+            alpha_w, beta_w, head_w = arch_weights
+        mixing = self.cells[0].mixing_weights(alpha_w)
         os2, os4 = self.stem(images)
         sizes = [tf.shape(os4)[1:3]]
         for _ in range(self.num_levels - 1):
@@ -204,6 +211,8 @@ class AutoDeepLabSupernet(keras.Model):
         last = outputs[self.num_layers]
         image_size = tf.shape(images)[1:3]
         logits = [head(last[level], image_size) for level, head in enumerate(self.heads)]
+        if head_w is not None:
+            logits = [head_w[level] * x for level, x in enumerate(logits)]
         return tf.add_n(logits)
 
     def build(self, input_shape):

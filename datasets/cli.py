@@ -7,6 +7,7 @@ from typing import Callable, Sequence
 
 from absl import flags
 
+from auto_deeplab_tf import script_hygiene
 from datasets import conversion
 from datasets.registry import DatasetDescriptor
 
@@ -76,7 +77,9 @@ def summary_lines(descriptor: DatasetDescriptor,
 
 
 def run(convert: Callable[[], object]) -> int:
-    """Runs `convert`; bad input becomes a one-paragraph error and exit status 1."""
+    """Runs `convert` (TensorFlow's and TFDS's info log lines hidden); bad input becomes a
+    one-paragraph error and exit status 1."""
+    script_hygiene.quiet_info_logs()
     try:
         convert()
     except conversion.ConversionError as err:

@@ -30,6 +30,18 @@ _INTERLEAVE_CYCLE = 4
 _STREAM_A, _STREAM_B, _STREAM_RETRAIN = 0, 1, 2
 
 
+# The README's subsections of 'Data' on each converter (a test checks that they exist).
+README_SECTIONS = {"cityscapes": "Cityscapes", "pascal_voc": "PASCAL VOC 2012",
+                   "ade20k": "ADE20K"}
+
+
+def convert_hint(dataset_name: str) -> str:
+    """Where the README says how to convert `dataset_name`'s download."""
+    section = README_SECTIONS.get(dataset_name)
+    where = f", subsection '{section}'," if section else ""
+    return f"the README's 'Data' section{where} says how to convert a download"
+
+
 def normalize_image(image: tf.Tensor) -> tf.Tensor:
     """Maps pixel values 0..255 (uint8 or float) to float32 in [-1, 1]."""
     return tf.cast(image, tf.float32) / 127.5 - 1.0
@@ -46,7 +58,7 @@ def split_files(descriptor: DatasetDescriptor, data_dir: str, split: str) -> lis
         raise FileNotFoundError(
             f"no TFRecord shards for split '{split}' of {descriptor.name}: nothing matches "
             f"{os.path.join(data_dir, descriptor.split_pattern(split))} (convert the dataset "
-            "first, see datasets/README.md)")
+            f"first: {convert_hint(descriptor.name)})")
     return files
 
 
@@ -84,8 +96,8 @@ def resolve_data_dir(dataset_name: str, data_dir: str | None) -> str:
     if not data_dir:
         raise ValueError(
             f"--dataset={dataset_name} needs --data_dir=DIR, the folder of its TFRecord shards "
-            f"('{descriptor.file_pattern}'); see datasets/README.md to convert a download. "
-            "Only --dataset=demo runs without one.")
+            f"('{descriptor.file_pattern}'); {convert_hint(dataset_name)}. Only "
+            "--dataset=demo runs without one.")
     if not tf.io.gfile.isdir(data_dir):
         raise ValueError(f"--data_dir={data_dir} does not exist")
     found = [s for s in descriptor.splits

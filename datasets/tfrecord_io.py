@@ -13,6 +13,7 @@ from typing import Iterable, Sequence
 import tensorflow as tf
 
 from auto_deeplab_tf import common
+from auto_deeplab_tf import script_hygiene
 
 # Beside the shards, the converters list each split's example names in record order, so the
 # search's A/B split does not have to scan gigabytes of records just to learn the names.
@@ -104,12 +105,15 @@ class ShardedWriter:
     Nothing is visible under the final names until `commit()`: it renames every shard, then
     deletes shards of the same split left by an earlier run with another shard count, and
     writes the filenames index. `abort()` (or leaving the `with` block on an exception)
-    deletes the temporary files, so a failed conversion leaves no partial or corrupt shard.
+    deletes the temporary files, so a failed conversion leaves no partial or corrupt shard
+    (nor an empty output folder that it created).
     """
 
     def __init__(self, output_dir: str, split: str, num_shards: int):
         if num_shards < 1:
             raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+        # Removed again by abort() when still empty: a failed conversion leaves no folder.
+        self._created_dirs = script_hygiene.missing_dirs(output_dir)
         os.makedirs(output_dir, exist_ok=True)
         self._output_dir = output_dir
         self._split = split
@@ -130,7 +134,10 @@ class ShardedWriter:
 
     def write(self, example: tf.train.Example, name: str) -> None:
         """Appends one example (named `name`) to the next shard."""
-        self._writers[len(self._names) % len(self._writers)].write(example.SerializeToString())
+        # Deterministic: the feature map is otherwise serialised in an order that changes from
+        # process to process, and equal inputs must give byte-identical shards.
+        self._writers[len(self._names) % len(self._writers)].write(
+            example.SerializeToString(deterministic=True))
         self._names.append(name)
 
     def _close(self) -> None:
@@ -153,11 +160,13 @@ class ShardedWriter:
         return list(self._final)
 
     def abort(self) -> None:
-        """Deletes the temporary shards; the final names are left untouched."""
+        """Deletes the temporary shards, and the output folder if this writer created it and it
+    is empty; the final names are left untouched."""
         self._close()
         for temp in self._temp:
             if os.path.exists(temp):
                 os.remove(temp)
+        script_hygiene.remove_empty_dirs(self._created_dirs)
         self._done = True
 
     def __enter__(self) -> "ShardedWriter":

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from auto_deeplab_tf.architecture import (AUTODEEPLAB, Architecture, FORMAT,
-                                          get_architecture)
+                                          get_architecture, origin_metadata, read_metadata)
 
 
 def test_builtin_is_the_papers_network():
@@ -78,7 +78,38 @@ def test_load_errors_name_the_file(tmp_path):
         Architecture.load(str(tmp_path / "missing.json"))
 
 
+def test_empty_or_non_json_file_is_named_and_said_so(tmp_path):
+    empty = tmp_path / "empty.json"
+    empty.write_text("")
+    with pytest.raises(ValueError) as e:
+        Architecture.load(str(empty))
+    assert str(e.value) == (f"{empty}: the architecture file is empty (expected the JSON "
+                            "that train.search or train.decode writes)")
+    blank = tmp_path / "blank.json"
+    blank.write_text("  \n")
+    with pytest.raises(ValueError, match=f"^{blank}: the architecture file is empty"):
+        Architecture.load(str(blank))
+    text = tmp_path / "notes.json"
+    text.write_text("path: 0 0 1\n")
+    with pytest.raises(ValueError) as e:
+        Architecture.load(str(text))
+    assert str(e.value) == (f"{text}: not valid JSON (Expecting value: line 1 column 1 (char "
+                            "0)); an architecture file is the JSON that train.search or "
+                            "train.decode writes")
+
+
 def test_unknown_name_lists_builtins():
     with pytest.raises(ValueError, match="unknown architecture 'nasnet': expected one of "
                                          "autodeeplab or a path to a .json file"):
         get_architecture("nasnet")
+
+
+def test_origin_metadata_is_read_back(tmp_path):
+    path = str(tmp_path / "a.json")
+    AUTODEEPLAB.save(path, origin_metadata("random", 4, index=2))
+    assert read_metadata(path) == {"origin": "random", "seed": 4, "index": 2}
+    AUTODEEPLAB.save(path)
+    assert read_metadata(path) == {}
+    (tmp_path / "bad.json").write_text('{"cell": [], "path": [0]}')
+    with pytest.raises(ValueError, match=f"{tmp_path / 'bad.json'}: cell must have"):
+        read_metadata(str(tmp_path / "bad.json"))

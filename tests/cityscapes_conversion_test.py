@@ -35,9 +35,9 @@ def decode_png(data: bytes) -> np.ndarray:
 
 
 def assert_no_output(out):
-    """Nothing a reader could pick up, and no temporary file either."""
-    if os.path.isdir(out):
-        assert os.listdir(out) == []
+    """Nothing a reader could pick up, no temporary file, and no folder either: `out` did not
+    exist before the failed run, so the run must not leave it behind (even empty)."""
+    assert not os.path.exists(out)
 
 
 def test_label_id_mapping_covers_every_id():
@@ -222,6 +222,20 @@ def test_missing_and_empty_root(tmp_path):
         f"{empty}: no images found for split 'train' (expected "
         "leftImg8bit/train/<city>/<city>_<seq>_<frame>_leftImg8bit.png)")
     assert_no_output(str(tmp_path / "out"))
+
+
+def test_failed_run_removes_only_the_folders_it_created(tmp_path):
+    root, entries = _good_tree(tmp_path)
+    h.truncate(entries[2]["image"])
+    nested = tmp_path / "new" / "deeper" / "out"
+    with pytest.raises(conversion.ConversionError):
+        convert(root, str(nested))
+    assert not (tmp_path / "new").exists()
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    with pytest.raises(conversion.ConversionError):
+        convert(root, str(existing))
+    assert existing.is_dir() and os.listdir(existing) == []  # there before: kept
 
 
 def test_failed_rerun_keeps_the_previous_good_shards(tmp_path):

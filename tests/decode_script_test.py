@@ -26,6 +26,18 @@ def test_decode_reads_a_search_checkpoint_and_writes_json(tmp_path):
     assert written["cell"] == [[list(p) for p in block] for block in expected.cell]
     assert written["path"] == list(expected.path)
     assert abs(written["metadata"]["path_probability"] - meta["path_probability"]) < 1e-9
+    # No search_config.json next to the checkpoint: a searched architecture of unknown seed.
+    assert written["metadata"]["origin"] == "search"
+    assert written["metadata"]["seed"] is None
+
+    # Beside a search run's config, the search's seed is recorded.
+    (tmp_path / "search_config.json").write_text(json.dumps({"seed": 7}))
+    result = subprocess.run(
+        [sys.executable, "-m", "train.decode", f"--checkpoint={tmp_path / 'ckpt'}",
+         f"--output={out}"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    written = json.loads(out.read_text())
+    assert (written["metadata"]["origin"], written["metadata"]["seed"]) == ("search", 7)
 
 
 def test_decode_fails_clearly_on_a_missing_checkpoint(tmp_path):

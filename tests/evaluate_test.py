@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from auto_deeplab_tf import evaluation
+from auto_deeplab_tf import retrain as retrain_lib
 from tests import segmentation_helpers as sh
 
 
@@ -118,3 +119,47 @@ def test_cli_errors_name_the_flag(tmp_path):
     assert out.returncode == 1 and "--model_dir" in out.stderr
     out = sh.run_module("train.evaluate", f"--model_dir={tmp_path}", "--eval_scales=a,b")
     assert out.returncode == 1 and "--eval_scales" in out.stderr
+
+
+def test_model_dir_without_checkpoints_says_so_and_what_to_run(tmp_path):
+    """Without --checkpoint_path, the message must not name that flag as if it were given."""
+    model_dir = str(tmp_path / "run")
+    os.makedirs(model_dir)
+    with pytest.raises(ValueError) as e:
+        retrain_lib.resolve_checkpoint(model_dir)
+    message = str(e.value)
+    assert message == (f"--model_dir={model_dir} has no checkpoints yet (no "
+                       f"{model_dir}/checkpoints); train it first with python -m "
+                       f"train.retrain --model_dir={model_dir}, or pass --checkpoint_path")
+    os.makedirs(os.path.join(model_dir, "checkpoints"))
+    with pytest.raises(ValueError) as e:
+        retrain_lib.resolve_checkpoint(model_dir)
+    assert str(e.value) == (f"--model_dir={model_dir} has no checkpoints yet "
+                            f"({model_dir}/checkpoints is empty); train it first with python "
+                            f"-m train.retrain --model_dir={model_dir}, or pass "
+                            "--checkpoint_path")
+    # A --checkpoint_path the user gave is named as such.
+    with pytest.raises(ValueError) as e:
+        retrain_lib.resolve_checkpoint(model_dir, f"{model_dir}/checkpoints/ckpt-7")
+    assert str(e.value) == (f"--checkpoint_path={model_dir}/checkpoints/ckpt-7: no such "
+                            "checkpoint")
+    with pytest.raises(ValueError) as e:
+        retrain_lib.resolve_checkpoint(model_dir, f"{model_dir}/checkpoints")
+    assert str(e.value) == (f"--checkpoint_path={model_dir}/checkpoints: no checkpoint in "
+                            "this directory")
+
+
+def test_cli_on_a_model_dir_without_checkpoints(trained, tmp_path):
+    trained_dir, _ = trained
+    model_dir = tmp_path / "fresh"
+    os.makedirs(model_dir)
+    with open(os.path.join(trained_dir, "retrain_config.json")) as f:
+        (model_dir / "retrain_config.json").write_text(f.read())
+    for module in ("train.evaluate", "train.export"):
+        out = sh.run_module(module, f"--model_dir={model_dir}")
+        assert out.returncode == 1, module
+        assert out.stderr.strip().splitlines()[-1] == (
+            f"error: --model_dir={model_dir} has no checkpoints yet (no {model_dir}/"
+            f"checkpoints); train it first with python -m train.retrain "
+            f"--model_dir={model_dir}, or pass --checkpoint_path"), module
+        assert "--checkpoint_path=" not in out.stderr

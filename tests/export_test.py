@@ -1,5 +1,6 @@
-"""SavedModel export: loads in a fresh process and in saved_model_cli, same labels as the
-Keras model, both signatures, clear errors for bad inputs."""
+"""SavedModel export: loads in a fresh process, in the TF1 session loader that TF Serving and
+`saved_model_cli run` use, same labels as the Keras model and train.predict, both signatures,
+clear errors for bad inputs."""
 
 import io
 import json
@@ -13,8 +14,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from auto_deeplab_tf import checkpointing
 from auto_deeplab_tf import export as export_lib
 from auto_deeplab_tf import retrain as retrain_lib
+from tests import data_helpers as h
 from tests import segmentation_helpers as sh
 
 _FRESH_PROCESS = """
@@ -37,6 +40,13 @@ def exported(tmp_path_factory):
                         "--with_probabilities")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "agrees with the Keras model on 100.00% of pixels" in out.stdout
+    assert "serves the same labels in the TF1 session loader" in out.stdout
+    # Only its own lines: none of TensorFlow's info lines ("Assets written", "Sharding
+    # callback duration", "Writing fingerprint", renamed signature inputs).
+    assert out.stdout.splitlines()[0].startswith("exported ")
+    for noise in ("Assets written", "Sharding callback", "fingerprint", "unsupported characters",
+                  "deprecated"):
+        assert noise not in out.stdout + out.stderr, noise
     return model_dir, export_dir, base
 
 
@@ -118,3 +128,101 @@ def test_encoded_signature_matches_and_bad_inputs_fail_clearly(exported):
         encoded(encoded_images=tf.constant([_png(images[0]), _png(images[0][:20])]))
     with pytest.raises(tf.errors.InvalidArgumentError):
         encoded(encoded_images=tf.constant([b"not an image"]))
+
+
+def test_serving_error_message_puts_the_input_check_first(exported):
+    """TensorFlow's Python runtime puts "Graph execution error:" and the failing node before
+    the export's own sentence; serving_error_message restores the sentence to the first line,
+    and the failing node's name says which check it was."""
+    _, export_dir, _ = exported
+    serve = tf.saved_model.load(export_dir).signatures["serving_default"]
+    with pytest.raises(tf.errors.InvalidArgumentError) as e:
+        serve(images=tf.zeros([8, 8, 3], tf.uint8))
+    assert "check_images" in str(e.value)
+    first = export_lib.serving_error_message(e.value).splitlines()[0]
+    assert first.startswith("assertion failed: [images must be a uint8 batch of rank 4, "
+                            "[N, H, W, 3]; for one image [H, W, 3] add a batch dimension]")
+    with pytest.raises(ValueError) as e:
+        export_lib.run_with_tf1_loader(
+            export_dir, {"serving_default": {"images": np.zeros((1, 8, 8, 4), np.uint8)}})
+    assert ("(signature 'serving_default'): InvalidArgumentError: assertion failed: [images "
+            "must have 3 channels (RGB), shape [N, H, W, 3]; convert grey or RGBA images to "
+            "RGB]") in str(e.value).splitlines()[0]
+    # The runtime's own status, before the Python session rewrites it (the session raises
+    # the rewritten error while handling the original): what a C++ client such as TF
+    # Serving reports. It starts with the check's sentence.
+    raw = e.value.__cause__.__context__
+    assert isinstance(raw, tf.errors.InvalidArgumentError)
+    assert raw.message.startswith("assertion failed: [images must have 3 channels (RGB)")
+
+
+def _predict_train_ids(export_dir, image_path, output_dir):
+    """train.predict's labels for one image (its trainIds PNG)."""
+    out = sh.run_module("train.predict", f"--export_dir={export_dir}",
+                        f"--images={image_path}", f"--output_dir={output_dir}",
+                        "--write_train_ids")
+    assert out.returncode == 0, out.stderr[-3000:]
+    name = os.path.splitext(os.path.basename(image_path))[0] + ".png"
+    return np.asarray(Image.open(os.path.join(output_dir, "trainIds", name)))
+
+
+def test_tf1_session_loader_serves_both_signatures_like_predict(exported):
+    """The path TF Serving's SavedModelBundle and `saved_model_cli run` take: a TF1 graph and
+    session, variables restored by the MetaGraph's saver, signatures run by tensor name."""
+    _, export_dir, base = exported
+    rng = np.random.default_rng(7)
+    image = sh.blocky_image(rng, 27, 38)
+    image_path = h.write_png(str(base / "tf1" / "street.png"), image)
+    expected = _predict_train_ids(export_dir, image_path, str(base / "tf1_predictions"))
+    with open(image_path, "rb") as f:
+        encoded = f.read()
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
+        meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], export_dir)
+        served = {}
+        for name, feed in (("serving_default", {"images": image[None]}),
+                           ("serving_encoded", {"encoded_images": np.array([encoded])})):
+            signature = meta_graph.signature_def[name]
+            assert set(signature.inputs) == set(feed)
+            assert set(signature.outputs) == {"semantic", "probabilities"}
+            served[name] = session.run(
+                {k: v.name for k, v in signature.outputs.items()},
+                {signature.inputs[k].name: v for k, v in feed.items()})
+    for name, outputs in served.items():
+        assert outputs["semantic"].dtype == np.int32, name
+        np.testing.assert_array_equal(outputs["semantic"][0], expected, err_msg=name)
+        assert outputs["probabilities"].shape == (1, 27, 38, 19), name
+
+
+def test_saved_model_cli_run_as_in_the_readme(exported):
+    """`saved_model_cli run --dir EXPORT --tag_set serve --signature_def serving_default
+    --inputs images=img.npy` (the README's example) gives train.predict's labels."""
+    _, export_dir, base = exported
+    rng = np.random.default_rng(8)
+    image = sh.blocky_image(rng, 21, 30)
+    image_path = h.write_png(str(base / "cli" / "img.png"), image)
+    expected = _predict_train_ids(export_dir, image_path, str(base / "cli_predictions"))
+    np.save(base / "cli" / "img.npy", image[None])
+    cli = shutil.which("saved_model_cli", path=os.path.dirname(sys.executable))
+    out = subprocess.run([cli, "run", "--dir", export_dir, "--tag_set", "serve",
+                          "--signature_def", "serving_default",
+                          "--inputs", f"images={base / 'cli' / 'img.npy'}",
+                          "--outdir", str(base / "cli" / "out")],
+                         capture_output=True, text=True,
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    np.testing.assert_array_equal(np.load(base / "cli" / "out" / "semantic.npy")[0], expected)
+
+
+def test_verify_refuses_an_export_the_tf1_loader_cannot_run(exported, tmp_path):
+    """An export that tracks the Keras 3 variable wrappers (the old export) loads in TF2 but
+    not in TF Serving; verify_export must catch that."""
+    model_dir, _, _ = exported
+    model, _, _ = retrain_lib.load_trained_model(model_dir)
+    module = export_lib.SegmentationModule(model, {"dataset": "cityscapes"})
+    module.model_variables = checkpointing.VariableBundle.for_model(model)
+    broken = str(tmp_path / "broken")
+    tf.saved_model.save(module, broken, signatures=module.signatures())
+    with pytest.raises(ValueError, match="(?s)does not run in the TF1 session loader .*"
+                       "Could not find variable"):
+        export_lib.verify_export(broken, model)

@@ -1,5 +1,6 @@
 """train.predict: colour PNGs in the dataset palette, Cityscapes labelIds PNGs."""
 
+import os
 
 import numpy as np
 import pytest
@@ -75,3 +76,61 @@ def test_predict_errors_name_the_flag(export_dir, tmp_path):
     result = sh.run_module("train.predict", f"--export_dir={tmp_path}",
                            f"--images={tmp_path}/*.png", f"--output_dir={tmp_path}/o")
     assert result.returncode == 1 and "--export_dir" in result.stderr
+
+
+def _good_and_bad_inputs(directory):
+    rng = np.random.default_rng(3)
+    h.write_png(str(directory / "a_good.png"), h.random_image(rng, 20, 22))
+    (directory / "b_bad.png").write_bytes(b"this is not a PNG")
+    return str(directory / "b_bad.png")
+
+
+def test_a_bad_input_stops_before_anything_is_written(export_dir, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    bad = _good_and_bad_inputs(inputs)
+    out = tmp_path / "out"
+    result = sh.run_module("train.predict", f"--export_dir={export_dir}",
+                           f"--images={inputs}/*.png", f"--output_dir={out}")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {bad}: cannot read the image (cannot identify image file '{bad}'); nothing "
+        "was written: fix or remove it, or pass --skip_bad to predict the 1 other image(s)")
+    assert not out.exists()  # not even the color/ and labelIds/ folders
+
+    # An output folder that was there before is kept, with what it held.
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    result = sh.run_module("train.predict", f"--export_dir={export_dir}",
+                           f"--images={inputs}/*.png", f"--output_dir={out}")
+    assert result.returncode == 1
+    assert sorted(os.listdir(out)) == ["notes.txt"]
+
+
+def test_skip_bad_predicts_the_rest_and_counts_both(export_dir, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    bad = _good_and_bad_inputs(inputs)
+    out = tmp_path / "out"
+    result = sh.run_module("train.predict", f"--export_dir={export_dir}",
+                           f"--images={inputs}/*.png", f"--output_dir={out}", "--skip_bad")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert os.listdir(out / "color") == ["a_good.png"]
+    assert os.listdir(out / "labelIds") == ["a_good.png"]
+    lines = result.stdout.strip().splitlines()
+    assert lines[-3:] == [
+        f"wrote 1 prediction(s) to {out}/color, {out}/labelIds",
+        "skipped 1 bad input(s):",
+        f"  {bad}: cannot read the image (cannot identify image file '{bad}')"]
+
+
+def test_only_bad_inputs_write_nothing_even_with_skip_bad(export_dir, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "bad.png").write_bytes(b"")
+    out = tmp_path / "out"
+    result = sh.run_module("train.predict", f"--export_dir={export_dir}",
+                           f"--images={inputs}/*.png", f"--output_dir={out}", "--skip_bad")
+    assert result.returncode == 1
+    assert "no readable image among the 1 input(s); nothing was written" in result.stderr
+    assert not out.exists()

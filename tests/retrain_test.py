@@ -114,6 +114,9 @@ def test_demo_defaults_fill_only_the_flags_not_given(tmp_path):
     assert (saved["optimizer"], saved["train_steps"], saved["min_scale"]) == ("adam", 2000, 0.75)
     assert (saved["base_learning_rate"], saved["crop_size"], saved["filter_multiplier"]) == \
         (0.01, 32, 2)
+    # The checkpoint it wrote did not log TensorFlow's info lines.
+    assert "Sharding callback duration" not in out.stderr + out.stdout
+    assert not [line for line in out.stderr.splitlines() if line.startswith("I1")]
 
 
 def test_nan_loss_keeps_the_last_good_checkpoint(tmp_path):
@@ -138,7 +141,7 @@ def test_mirrored_strategy_runs(data_dir, tmp_path):
     assert result.completed and np.isfinite(result.last_loss)
 
 
-def test_bad_flags_name_the_flag(tmp_path):
+def test_bad_flags_name_the_flag_and_create_no_model_dir(tmp_path):
     bad = sh.run_module("train.retrain", "--dataset=cityscapes", f"--data_dir={tmp_path}",
                         f"--model_dir={tmp_path / 'a'}", "--batch_size=0")
     assert bad.returncode != 0 and "--batch_size" in bad.stderr
@@ -147,6 +150,59 @@ def test_bad_flags_name_the_flag(tmp_path):
     assert bad.returncode != 0 and "--architecture" in bad.stderr
     bad = sh.run_module("train.retrain", "--dataset=cityscapes", f"--model_dir={tmp_path / 'c'}")
     assert bad.returncode != 0 and "--data_dir" in bad.stderr
+    bad = sh.run_module("train.retrain", "--dataset=cityscapes", f"--model_dir={tmp_path / 'd'}",
+                        f"--data_dir={tmp_path / 'no_such_dir'}")
+    assert bad.returncode != 0 and "--data_dir" in bad.stderr
+    bad = sh.run_module("train.retrain", "--dataset=kitti", f"--model_dir={tmp_path / 'e'}")
+    assert bad.returncode != 0 and "kitti" in bad.stderr
+    for name in "abcde":
+        assert not (tmp_path / name).exists(), name
+
+
+def test_failed_start_keeps_an_existing_model_dir(tmp_path):
+    model_dir = tmp_path / "existing"
+    model_dir.mkdir()
+    with pytest.raises(ValueError, match="--data_dir"):
+        retrain_lib.run_retrain(sh.tiny_config(model_dir, None,
+                                               architecture=sh.arch_file(tmp_path)))
+    assert model_dir.is_dir() and os.listdir(model_dir) == []
+
+
+def test_architecture_errors_name_the_path_once(tmp_path):
+    empty = tmp_path / "empty.json"
+    empty.write_text("")
+    with pytest.raises(ValueError) as e:
+        retrain_lib.load_architecture(str(empty))
+    assert str(e.value) == (f"--architecture={empty}: the architecture file is empty "
+                            "(expected the JSON that train.search or train.decode writes)")
+    with pytest.raises(ValueError) as e:
+        retrain_lib.load_architecture(str(tmp_path / "missing.json"))
+    assert str(e.value) == (f"--architecture={tmp_path / 'missing.json'}: cannot read "
+                            "architecture: No such file or directory")
+    with pytest.raises(ValueError) as e:
+        retrain_lib.load_architecture("nasnet")
+    assert str(e.value).startswith("--architecture=nasnet: unknown architecture 'nasnet'")
+
+
+def test_missing_data_dir_points_to_a_readme_section_that_exists(tmp_path):
+    from datasets import input_pipeline
+
+    with pytest.raises(ValueError) as e:
+        input_pipeline.resolve_data_dir("cityscapes", None)
+    assert str(e.value) == (
+        "--dataset=cityscapes needs --data_dir=DIR, the folder of its TFRecord shards "
+        "('{split}-*.tfrecord'); the README's 'Data' section, subsection 'Cityscapes', says "
+        "how to convert a download. Only --dataset=demo runs without one.")
+    with open(os.path.join(sh.REPO, "README.md"), encoding="utf-8") as f:
+        headings = [line.strip() for line in f if line.startswith("#")]
+    assert "## Data" in headings
+    for section in input_pipeline.README_SECTIONS.values():
+        assert f"### {section}" in headings
+    assert not os.path.exists(os.path.join(sh.REPO, "datasets", "README.md"))
+    with pytest.raises(FileNotFoundError, match="the README's 'Data' section, subsection "
+                                                "'Cityscapes', says how to convert"):
+        input_pipeline.split_files(input_pipeline.registry.get("cityscapes"), str(tmp_path),
+                                   "train")
 
 
 def test_multi_worker_retraining_needs_tf_config(tmp_path):

@@ -119,6 +119,8 @@ def test_search_writes_architectures_checkpoints_and_tensorboard(full_run):
     assert epochs == ["epoch_001.json", "epoch_002.json"]
     meta = json.loads((tmp_path / "architectures" / "epoch_002.json").read_text())["metadata"]
     assert meta["epoch"] == 2 and meta["global_step"] == 6
+    # Where it came from, for train.compare_architectures: a search, with its seed.
+    assert meta["origin"] == "search" and meta["seed"] == 3
     assert any("architecture first decoded" in line for line in logs)
     assert any("steps/s" in line and "ETA" in line for line in logs)
     # unchanged_since_epoch: the first epoch of the final run of identical architectures.

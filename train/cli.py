@@ -9,16 +9,19 @@ from typing import Callable, NoReturn
 from absl import flags
 
 from auto_deeplab_tf import distribute
+from auto_deeplab_tf import script_hygiene
 
 
 def main_from(run: Callable[[], int]) -> Callable[[list], int]:
-    """An absl `main` that rejects stray arguments and turns the library's ValueError /
+    """An absl `main` that rejects stray arguments, hides TensorFlow's info log lines
+    (`script_hygiene.quiet_info_logs`) and turns the library's ValueError /
     FileNotFoundError (whose messages name the flag or file) into `error: ...`, exit 1."""
 
     def main(argv: list) -> int:
         if len(argv) > 1:
             print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
             return 2
+        script_hygiene.quiet_info_logs()
         try:
             return run()
         except (ValueError, FileNotFoundError) as e:

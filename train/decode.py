@@ -9,19 +9,36 @@ network path from beta (Viterbi); see auto_deeplab_tf/decoding.py.
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 
 from absl import app
 from absl import flags
 
+from auto_deeplab_tf import architecture as architecture_lib
 from auto_deeplab_tf import checkpointing
+from auto_deeplab_tf import common
 from auto_deeplab_tf import decoding
+from auto_deeplab_tf import search as search_lib
 
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "Search checkpoint prefix, or a directory holding search "
     "checkpoints (the latest is used).")
 _OUTPUT = flags.DEFINE_string(
     "output", None, "Where to write the architecture JSON. Default: print it only.")
+
+
+def search_seed(checkpoint: str) -> int | None:
+    """The --seed of the search that wrote `checkpoint` (from its search_config.json, next to
+    the checkpoint directory), or None when that file is not found."""
+    start = checkpoint if os.path.isdir(checkpoint) else os.path.dirname(checkpoint)
+    for directory in (start, os.path.dirname(os.path.abspath(start))):
+        path = os.path.join(directory, search_lib.CONFIG_FILENAME)
+        if os.path.exists(path):
+            with open(path) as f:
+                return json.load(f).get("seed")
+    return None
 
 
 def main(argv):
@@ -34,6 +51,8 @@ def main(argv):
     except ValueError as e:
         print(f"error: --checkpoint={_CHECKPOINT.value}: {e}", file=sys.stderr)
         return 1
+    metadata.update(architecture_lib.origin_metadata(common.ORIGIN_SEARCH,
+                                                     search_seed(_CHECKPOINT.value)))
     metadata["checkpoint"] = _CHECKPOINT.value
     print(arch.to_json(metadata))
     if _OUTPUT.value:

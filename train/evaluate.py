@@ -88,17 +88,11 @@ def run(log=print) -> int:
         log(f"evaluating {checkpoint_path} (step {step}) on {dataset} {split}, scales "
             f"{scales}{' + flips' if _FLIP.value else ''}...")
         start = time.perf_counter()
-        examples = input_pipeline.eval_dataset(descriptor, data_dir, split=split)
-        if _MAX_IMAGES.value:
-            examples = examples.take(_MAX_IMAGES.value)
-        matrix, count = evaluation.confusion_matrix(
-            predict_fn, examples, descriptor.num_classes, descriptor.ignore_label, log=log)
-        if count == 0:
-            raise ValueError(f"split '{split}' in {data_dir} has no examples")
-        result = evaluation.summarize(matrix, descriptor.class_names)
-        result.update(dataset=dataset, split=split, num_images=count, eval_scales=scales,
-                      add_flipped_images=_FLIP.value, checkpoint=checkpoint_path,
-                      global_step=step, confusion_matrix=matrix.astype(int).tolist())
+        result = evaluation.evaluate_split(predict_fn, descriptor, data_dir, split,
+                                           _MAX_IMAGES.value, log=log)
+        count = result["num_images"]
+        result.update(eval_scales=scales, add_flipped_images=_FLIP.value,
+                      checkpoint=checkpoint_path, global_step=step)
         log(evaluation.format_table(result))
         evaluation.write_json(output_json, result)
         evaluation.write_summaries(os.path.join(model_dir, evaluation.EVAL_SUBDIR), step,

@@ -7,7 +7,9 @@
 Signatures (see auto_deeplab_tf/export.py): `serving_default` takes uint8 images
 [N, H, W, 3] of any size and returns 'semantic' int32 [N, H, W] (and 'probabilities' float32
 [N, H, W, C] with --with_probabilities); `serving_encoded` takes a batch of PNG/JPEG bytes.
-Inspect with `saved_model_cli show --dir EXPORT_DIR --all`.
+Inspect with `saved_model_cli show --dir EXPORT_DIR --all`; run with
+`saved_model_cli run --dir EXPORT_DIR --tag_set serve --signature_def serving_default
+--inputs images=img.npy` (img.npy: uint8 [N, H, W, 3]).
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ _SCALES = flags.DEFINE_list("eval_scales", ["1.0"], "Inference scales baked into
                             "(several average the softmax probabilities).")
 _FLIP = flags.DEFINE_bool("add_flipped_images", False, "Also average over left-right flips.")
 _VERIFY = flags.DEFINE_bool("verify", True, "Reload the export and check that it gives the "
-                            "Keras model's labels.")
+                            "Keras model's labels, and that both signatures run with the same "
+                            "labels in the TF1 session loader that TF Serving and "
+                            "`saved_model_cli run` use.")
 
 
 def run(log=print) -> int:
@@ -69,7 +73,8 @@ def run(log=print) -> int:
     if _VERIFY.value:
         agreement = export_lib.verify_export(export_dir, model)
         log(f"verified: the reloaded SavedModel agrees with the Keras model on "
-            f"{100 * agreement:.2f}% of pixels")
+            f"{100 * agreement:.2f}% of pixels, and serves the same labels in the TF1 "
+            "session loader (TF Serving, saved_model_cli run)")
         if scales == [1.0] and not _FLIP.value and agreement < 0.999:
             raise ValueError(f"the SavedModel in {export_dir} disagrees with the Keras model "
                              f"({100 * agreement:.2f}% of pixels agree)")

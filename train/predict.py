@@ -12,6 +12,10 @@ For every input image NAME.png/jpg it writes
 
 The palette and the Cityscapes mapping come from the export's assets/metadata.json; --dataset
 chooses another registered dataset's palette.
+
+Every input is decoded before anything is written: an unreadable one stops the run with
+nothing written (no output folder either), unless --skip_bad, which predicts the others and
+lists the skipped ones. The run ends with the count written (and skipped).
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ _DATASET = flags.DEFINE_string("dataset", None, "Dataset whose palette (and, for
                                "labelIds mapping) to use; default: the export's metadata.")
 _TRAIN_IDS = flags.DEFINE_bool("write_train_ids", False, "Also write the predicted class ids "
                                "as 8-bit PNGs under OUTPUT_DIR/trainIds.")
+_SKIP_BAD = flags.DEFINE_bool("skip_bad", False, "Predict every readable image and list the "
+                              "unreadable ones at the end, instead of stopping before anything "
+                              "is written.")
 
 
 def output_name(path: str) -> str:
@@ -50,6 +57,23 @@ def train_ids_to_label_ids(labels, table):
     return lookup[np.clip(labels, 0, 255)]
 
 
+def read_rgb(path: str):
+    """The image at `path` as uint8 RGB [H, W, 3], fully decoded (so that a truncated file
+    fails here).
+
+    Raises:
+      ValueError: the file cannot be read or decoded; the message names it.
+    """
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"), np.uint8)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ValueError(f"{path}: cannot read the image ({e})") from e
+
+
 def run(log=print) -> int:
     import numpy as np
     import tensorflow as tf
@@ -57,6 +81,7 @@ def run(log=print) -> int:
 
     from auto_deeplab_tf import export as export_lib
     from auto_deeplab_tf import palette as palette_lib
+    from auto_deeplab_tf import script_hygiene
 
     for flag in (_EXPORT_DIR, _IMAGES, _OUTPUT_DIR):
         if not flag.value:
@@ -81,6 +106,26 @@ def run(log=print) -> int:
     else:
         palette = metadata["palette"]
         label_ids = metadata.get("train_id_to_label_id")
+
+    # Every input is decoded once before anything is written, so that a bad file cannot stop
+    # the run halfway with part of the predictions written.
+    skipped = []
+    good = []
+    for path in paths:
+        try:
+            read_rgb(path)
+        except ValueError as e:
+            skipped.append(str(e))
+        else:
+            good.append(path)
+    if not good:
+        raise ValueError(f"no readable image among the {len(paths)} input(s); nothing was "
+                         f"written. First problem: {skipped[0]}")
+    if skipped and not _SKIP_BAD.value:
+        more = f" (and {len(skipped) - 1} more bad input(s))" if len(skipped) > 1 else ""
+        raise ValueError(f"{skipped[0]}{more}; nothing was written: fix or remove it, or pass "
+                         f"--skip_bad to predict the {len(good)} other image(s)")
+
     serve = tf.saved_model.load(_EXPORT_DIR.value).signatures["serving_default"]
     out = _OUTPUT_DIR.value
     dirs = {"color": os.path.join(out, "color")}
@@ -88,25 +133,39 @@ def run(log=print) -> int:
         dirs["labelIds"] = os.path.join(out, "labelIds")
     if _TRAIN_IDS.value:
         dirs["trainIds"] = os.path.join(out, "trainIds")
-    for d in dirs.values():
-        os.makedirs(d, exist_ok=True)
-    for i, path in enumerate(paths):
-        try:
-            image = np.asarray(Image.open(path).convert("RGB"), np.uint8)
-        except OSError as e:
-            raise ValueError(f"{path}: cannot read the image: {e}") from e
-        semantic = serve(images=tf.constant(image[None]))["semantic"].numpy()[0]
-        name = output_name(path)
-        Image.fromarray(palette_lib.colorize(semantic, palette)).save(
-            os.path.join(dirs["color"], name))
-        if label_ids:
-            Image.fromarray(train_ids_to_label_ids(semantic, label_ids)).save(
-                os.path.join(dirs["labelIds"], name))
-        if _TRAIN_IDS.value:
-            Image.fromarray(semantic.astype(np.uint8)).save(os.path.join(dirs["trainIds"], name))
-        if (i + 1) % 50 == 0:
-            log(f"  {i + 1}/{len(paths)} images")
-    log(f"wrote {len(paths)} prediction(s) to {', '.join(dirs.values())}")
+    written = 0
+    # A failure from here on (a serving error, a full disk) removes the folders this run
+    # created if they are still empty, and says how many predictions were written.
+    with script_hygiene.removed_if_failed(*dirs.values()):
+        for d in dirs.values():
+            os.makedirs(d, exist_ok=True)
+        for path in good:
+            try:
+                image = read_rgb(path)
+                try:
+                    semantic = serve(images=tf.constant(image[None]))["semantic"].numpy()[0]
+                except tf.errors.InvalidArgumentError as e:
+                    raise ValueError(f"{path}: {export_lib.serving_error_message(e)}") from e
+                name = output_name(path)
+                Image.fromarray(palette_lib.colorize(semantic, palette)).save(
+                    os.path.join(dirs["color"], name))
+                if label_ids:
+                    Image.fromarray(train_ids_to_label_ids(semantic, label_ids)).save(
+                        os.path.join(dirs["labelIds"], name))
+                if _TRAIN_IDS.value:
+                    Image.fromarray(semantic.astype(np.uint8)).save(
+                        os.path.join(dirs["trainIds"], name))
+            except (ValueError, OSError) as e:
+                raise ValueError(f"{e}\n(stopped after writing {written} of {len(good)} "
+                                 f"prediction(s) to {out})") from e
+            written += 1
+            if written % 50 == 0:
+                log(f"  {written}/{len(good)} images")
+    log(f"wrote {written} prediction(s) to {', '.join(dirs.values())}")
+    if skipped:
+        log(f"skipped {len(skipped)} bad input(s):")
+        for problem in skipped:
+            log(f"  {problem}")
     return 0
 
 

@@ -21,6 +21,7 @@ from absl import app
 from absl import flags
 
 from auto_deeplab_tf import allocator
+from auto_deeplab_tf import script_hygiene
 from auto_deeplab_tf import retrain as retrain_lib
 from auto_deeplab_tf.fixed_network import MODEL_SIZES
 from train import cli
@@ -123,6 +124,7 @@ def main(argv):
         print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
         return 2
     allocator.limit_malloc_arenas()
+    script_hygiene.quiet_info_logs()  # e.g. "Sharding callback duration" at each checkpoint
     try:
         config = config_from_flags()
         result = retrain_lib.run_retrain(config)

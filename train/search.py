@@ -18,6 +18,7 @@ from absl import app
 from absl import flags
 
 from auto_deeplab_tf import allocator
+from auto_deeplab_tf import script_hygiene
 from auto_deeplab_tf import search as search_lib
 from train import cli
 
@@ -110,6 +111,7 @@ def config_from_flags() -> search_lib.SearchConfig:
 def main(argv):
     del argv
     allocator.limit_malloc_arenas()
+    script_hygiene.quiet_info_logs()  # e.g. "Sharding callback duration" at each checkpoint
     config = config_from_flags()
     try:
         result = search_lib.run_search(config)
