@@ -270,3 +270,20 @@ def test_resume_with_the_other_loop_setting_is_refused(tmp_path):
         run(tiny_config(tmp_path, loop_uniform_layers=False, **LOOPED))
     assert (f"this run has --loop_uniform_layers=False but {tmp_path} holds a search with "
             "--loop_uniform_layers=True" in str(e.value))
+
+
+def test_demo_defaults_fill_only_the_flags_not_given(tmp_path):
+    from tests import segmentation_helpers as sh
+
+    model_dir = tmp_path / "demo_search"
+    out = sh.run_module("train.search", "--dataset=demo", f"--data_dir={tmp_path / 'cache'}",
+                        f"--model_dir={model_dir}", "--filter_multiplier=2", "--num_layers=2",
+                        "--crop_size=32", "--batch_size=2", "--arch_lr=0.02", "--max_steps=1")
+    assert out.returncode == 0, out.stderr[-3000:]
+    saved = json.loads((model_dir / "search_config.json").read_text())
+    # The demo values of the flags not given (train/search.py DEMO_DEFAULTS; importing that
+    # module here would clash with the absl flags of other train modules in this process).
+    assert (saved["weight_optimizer"], saved["weight_lr"], saved["epochs"],
+            saved["arch_start_epoch"], saved["scale"]) == ("adam", 5e-3, 80, 50, 0.5)
+    assert (saved["arch_lr"], saved["crop_size"], saved["filter_multiplier"],
+            saved["num_layers"], saved["batch_size"]) == (0.02, 32, 2, 2, 2)
