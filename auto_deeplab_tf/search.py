@@ -149,7 +149,7 @@ def build_search_model(config: SearchConfig, num_classes: int, total_steps: int,
                         num_blocks=config.num_blocks, num_layers=config.num_layers,
                         num_levels=config.num_levels,
                         loop_uniform_layers=config.loop_uniform_layers,
-                        ignore_label=ignore_label, name="supernet")
+                        seed=config.seed, ignore_label=ignore_label, name="supernet")
     model.build((None, None, None, 3))
     schedule = keras.optimizers.schedules.CosineDecay(
         config.weight_lr, decay_steps=max(1, total_steps),

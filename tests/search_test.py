@@ -228,3 +228,20 @@ def test_resume_with_the_other_loop_setting_is_refused(tmp_path):
         run(tiny_config(tmp_path, loop_uniform_layers=False, **LOOPED))
     assert (f"this run has --loop_uniform_layers=False but {tmp_path} holds a search with "
             "--loop_uniform_layers=True" in str(e.value))
+
+
+def test_alpha_and_beta_initial_values_come_from_seed():
+    """Issue #11, item 2: --seed alone fixes alpha and beta's initial draws."""
+    import keras
+
+    def initial(seed, global_seed):
+        keras.utils.set_random_seed(global_seed)
+        model = search_lib.build_search_model(tiny_config("/unused", seed=seed), NUM_CLASSES,
+                                              total_steps=1)
+        return model.alpha.numpy(), model.beta.numpy()
+
+    alpha, beta = initial(3, 0)
+    assert not np.isin(beta.ravel(), alpha.ravel()).any()
+    for a, b in zip(initial(3, 1), (alpha, beta)):
+        np.testing.assert_array_equal(a, b)
+    assert not np.isin(initial(4, 0)[0].ravel(), alpha.ravel()).any()
