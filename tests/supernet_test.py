@@ -145,3 +145,22 @@ def test_alpha_and_beta_are_independent_draws_from_the_seed():
     # Unseeded (seed=None): still two independent draws.
     alpha, beta = _arch_init(None, global_seed=0)
     assert not np.isin(beta.ravel(), alpha.ravel()).any()
+
+
+def test_search_head_weights_are_independent_draws():
+    """Issue #11, item 3: each kernel of the search ASPP gets its own draw. With one
+    initializer object the 1x1 and pooling kernels were equal, and the atrous and logits
+    kernels scaled copies of one draw (each a prefix of the same random numbers)."""
+    from auto_deeplab_tf.search_head import SearchASPP
+    head = SearchASPP(num_classes=3, filters=4, rate=2)
+    head.build((None, None, None, 8))
+    kernels = {name: getattr(head, name).numpy().ravel()
+               for name in ("k_1x1", "k_atrous", "k_pool", "k_logits")}
+    names = sorted(kernels)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            x, y = kernels[a], kernels[b]
+            n = min(x.size, y.size)
+            # Not equal, and not proportional on their common prefix either.
+            correlation = np.corrcoef(x[:n], y[:n])[0, 1]
+            assert abs(correlation) < 0.9, (a, b, correlation)
