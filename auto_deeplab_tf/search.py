@@ -74,7 +74,7 @@ class SearchConfig:
     num_layers: int = 12
     num_blocks: int = 5
     num_levels: int = 4
-    # Layers num_levels+1..L as one loop over stacked weights (README, Performance): less
+    # Layers num_levels+1..L (3..L for one level) as one loop over stacked weights (README, Performance): less
     # memory and half the tracing time, for ~10% more step time on CPU than unrolled.
     loop_uniform_layers: bool = True
     weight_lr: float = 0.025
