@@ -1,8 +1,10 @@
 """Scheduled drop path (as in NASNet and the official Auto-DeepLab network).
 
-Each block of a cell is dropped as a whole, independently for every sample of the batch,
-and the survivors are scaled by 1 / keep so that the expected value is unchanged. The keep
-probability of cell c (0-based) out of L cells is
+The output of each op of a cell (every op but `zero`) is dropped as a whole, before its
+block adds it to the block's other op, independently for every op and every sample of the
+batch, as Google's nas_cell.py does; the survivors are scaled by 1 / keep so that the
+expected value is unchanged. A block is thus zeroed only when both of its ops are dropped,
+with probability (1 - keep)^2. The keep probability of cell c (0-based) out of L cells is
 
     keep_c = 1 - ((c + 1) / L) * (1 - p)
 

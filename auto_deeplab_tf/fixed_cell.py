@@ -2,8 +2,12 @@
 
     H^{l-1} [-> bilinear x2 when going up] -> ReLU -> 1x1 conv -> BN          = state 0
     H^{l-2} [-> bilinear resize to state 0's size] [-> ReLU -> 1x1 -> BN]    = state 1
-    block b = op_a(state a) + op_b(state b)   [-> drop path]                 = state 2 + b
+    block b = [drop path](op_a(state a)) + [drop path](op_b(state b))    = state 2 + b
     output  = concat(block 0 .. block B-1)
+
+Scheduled drop path masks each op's output (every op but `zero`) before the block adds its
+two inputs, as Google's nas_cell.py does inside its op function: 2 B independent masks per
+cell, so a block is zeroed only when both of its ops are dropped.
 
 Going down a level, the ops that read states 0 and 1 run at stride 2 (block states are
 already at the output resolution). A stride-2 atrous op first halves its input bilinearly
@@ -20,6 +24,7 @@ import keras
 import tensorflow as tf
 
 from auto_deeplab_tf import ops
+from auto_deeplab_tf import search_space
 from auto_deeplab_tf.drop_path import DropPath
 
 TRANSITIONS = ("same", "down", "up")
@@ -61,7 +66,7 @@ class FixedCell(keras.layers.Layer):
 
     `call(h_prev, h_prev_prev, size=None, keep_prob=1.0, training=None)`: `size` is the
     output [H, W], required when going up so that odd sizes come out exact; keep_prob is
-    the drop-path keep probability of this cell's blocks (used only when training).
+    the drop-path keep probability of each of this cell's ops (used only when training).
     """
 
     def __init__(self, genotype: Sequence[Sequence[Sequence[Any]]], filters: int,
@@ -103,10 +108,16 @@ class FixedCell(keras.layers.Layer):
         if self.prev_prev_projection is not None:
             h_prev_prev = self.prev_prev_projection(h_prev_prev, training=training)
         states = [self.preprocess(h_prev, training=training), h_prev_prev]
-        for block, (left, right) in zip(self.genotype, self.block_ops):
-            y = left(states[block[0][0]], training=training) + \
-                right(states[block[1][0]], training=training)
-            states.append(self.drop_path(y, keep_prob=keep_prob, training=training))
+        for block, pair in zip(self.genotype, self.block_ops):
+            outputs = []
+            for (state, op_name), op in zip(block, pair):
+                y = op(states[state], training=training)
+                # Each call draws its own masks, so the two ops drop independently. A
+                # zero op (which `Architecture` rejects anyway) has nothing to drop.
+                if op_name != search_space.ZERO:
+                    y = self.drop_path(y, keep_prob=keep_prob, training=training)
+                outputs.append(y)
+            states.append(outputs[0] + outputs[1])
         return tf.concat(states[2:], axis=-1)
 
     def get_config(self) -> dict[str, Any]:

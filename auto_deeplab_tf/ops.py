@@ -28,6 +28,8 @@ NORM_KINDS = ("search", "batch")
 
 
 def kernel_initializer():
+    """He-normal (truncated) for conv kernels. Call it once per weight: a Keras 3
+    initializer object keeps its seed and draws the same numbers on every call."""
     return keras.initializers.VarianceScaling(scale=2.0, mode="fan_in",
                                               distribution="truncated_normal")
 

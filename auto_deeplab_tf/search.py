@@ -78,7 +78,7 @@ class SearchConfig:
     num_layers: int = 12
     num_blocks: int = 5
     num_levels: int = 4
-    # Layers num_levels+1..L as one loop over stacked weights (README, Performance): less
+    # Layers num_levels+1..L (3..L for one level) as one loop over stacked weights (README, Performance): less
     # memory and half the tracing time, for ~10% more step time on CPU than unrolled.
     loop_uniform_layers: bool = True
     weight_optimizer: str = "sgd"
@@ -157,7 +157,7 @@ def build_search_model(config: SearchConfig, num_classes: int, total_steps: int,
                         num_blocks=config.num_blocks, num_layers=config.num_layers,
                         num_levels=config.num_levels,
                         loop_uniform_layers=config.loop_uniform_layers,
-                        ignore_label=ignore_label, name="supernet")
+                        seed=config.seed, ignore_label=ignore_label, name="supernet")
     model.build((None, None, None, 3))
     schedule = keras.optimizers.schedules.CosineDecay(
         config.weight_lr, decay_steps=max(1, total_steps),

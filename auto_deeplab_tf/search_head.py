@@ -24,13 +24,16 @@ class SearchASPP(keras.layers.Layer):
 
     def build(self, input_shape):
         cin, f = int(input_shape[-1]), self.filters
-        init = ops.kernel_initializer()
-        self.k_1x1 = self.add_weight(name="conv1x1", shape=(1, 1, cin, f), initializer=init)
-        self.k_atrous = self.add_weight(name="atrous", shape=(3, 3, cin, f), initializer=init)
-        self.k_pool = self.add_weight(name="pool_conv", shape=(1, 1, cin, f), initializer=init)
+        # A new initializer object per kernel: a Keras 3 initializer keeps its seed, so
+        # one object would give every kernel (a prefix of) the same random numbers.
+        def kernel(name, shape):
+            return self.add_weight(name=name, shape=shape, initializer=ops.kernel_initializer())
+
+        self.k_1x1 = kernel("conv1x1", (1, 1, cin, f))
+        self.k_atrous = kernel("atrous", (3, 3, cin, f))
+        self.k_pool = kernel("pool_conv", (1, 1, cin, f))
         self.b_pool = self.add_weight(name="pool_bias", shape=(f,), initializer="zeros")
-        self.k_logits = self.add_weight(name="logits", shape=(1, 1, 3 * f, self.num_classes),
-                                        initializer=init)
+        self.k_logits = kernel("logits", (1, 1, 3 * f, self.num_classes))
         self.b_logits = self.add_weight(name="logits_bias", shape=(self.num_classes,),
                                         initializer="zeros")
         self.bn_1x1 = ops.make_norm("search", name="bn_1x1", affine=True)

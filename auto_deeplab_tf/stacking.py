@@ -1,7 +1,7 @@
 """Stacked weights: one variable holding the weights of several identical layers.
 
-From layer `num_levels + 1` on, every layer of the trellis has the same structure (see
-`uniform_layers`), so the supernet runs those layers as one `tf.while_loop` whose body is
+From layer `num_levels + 1` on (layer 3 on with one level), every layer of the trellis
+has the same structure (see `uniform_layers`), so the supernet runs those layers as one `tf.while_loop` whose body is
 traced once. A loop body cannot pick a different Keras layer per iteration, so the layers
 that run inside it hold `num_copies` copies of each weight in one variable with a leading
 axis of that size. `select` reads one copy (index a Python int or a tensor); inside the

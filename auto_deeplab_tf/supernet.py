@@ -21,8 +21,8 @@ Choices the paper leaves open, as taken here (also in the README):
 
 The Python loops over layers and nodes run once, when the call is traced; the node's
 incoming transitions run through its shared cell as one batched call. From layer
-num_levels + 1 on every layer has the same structure; those layers (8 of 12 for the paper's
-trellis) run as one `tf.while_loop` over stacked weights (`uniform_layers`), whose body is
+num_levels + 1 on (layer 3 on with one level) every layer has the same structure; those
+layers (8 of 12 for the paper's trellis) run as one `tf.while_loop` over stacked weights (`uniform_layers`), whose body is
 traced once, which cuts the traced graph, its tracing time and its memory about 2.5x.
 """
 
@@ -47,6 +47,29 @@ ARCH_INIT_STDDEV = 1e-3
 _MASKED_LOGIT = -1e9
 # Fewer uniform layers than this run unrolled: a one-iteration loop saves nothing.
 MIN_LOOP_LAYERS = 2
+# The second half of the stateless seed of each architecture parameter's initial draw.
+ALPHA_STREAM = 0
+BETA_STREAM = 1
+
+
+def arch_initializer(seed: int | None, stream: int):
+    """The initializer of one architecture parameter: ARCH_INIT_STDDEV * N(0, 1).
+
+    With a `seed`, a stateless draw from (seed, stream): alpha and beta take different
+    streams, so they are independent, and reproducible from the seed alone. Without one, a
+    new Keras initializer object, which picks its own seed from the global random state.
+    (One object must not draw both: a Keras 3 initializer keeps its seed and would return
+    the same numbers twice.)
+    """
+    if seed is None:
+        return keras.initializers.RandomNormal(stddev=ARCH_INIT_STDDEV)
+
+    def initialize(shape, dtype=None):
+        dtype = tf.as_dtype(dtype or "float32")
+        return ARCH_INIT_STDDEV * tf.random.stateless_normal(shape, seed=(seed, stream),
+                                                              dtype=dtype)
+
+    return initialize
 
 
 class AutoDeepLabSupernet(keras.Model):
@@ -61,12 +84,16 @@ class AutoDeepLabSupernet(keras.Model):
     MIN_LOOP_LAYERS of them; `cells`, `transitions` and `prev_prev` then hold the layers
     before them only. `loop_uniform_layers=False` builds one set of layers per layer, as
     earlier versions did: the same function, a ~2.5x larger graph.
+
+    alpha and beta start as independent ARCH_INIT_STDDEV * N(0, 1) draws, made from `seed`
+    alone when it is given (`arch_initializer`).
     """
 
     def __init__(self, num_classes: int, filter_multiplier: int = 8, num_blocks: int = 5,
                  num_layers: int = 12, num_levels: int = 4,
                  stem_filters: Sequence[int] = (64, 64, 128), head_filters: int = 64,
-                 head_base_rate: int = 96, loop_uniform_layers: bool = True, **kwargs):
+                 head_base_rate: int = 96, loop_uniform_layers: bool = True,
+                 seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
         for flag, value, low in (("num_classes", num_classes, 1),
                                  ("filter_multiplier", filter_multiplier, 1),
@@ -83,6 +110,7 @@ class AutoDeepLabSupernet(keras.Model):
         self.head_filters = int(head_filters)
         self.head_base_rate = int(head_base_rate)
         self.loop_uniform_layers = bool(loop_uniform_layers)
+        self.seed = None if seed is None else int(seed)
         uniform = num_uniform_layers(self.num_layers, self.num_levels)
         self.num_looped_layers = (uniform if self.loop_uniform_layers
                                   and uniform >= MIN_LOOP_LAYERS else 0)
@@ -123,11 +151,12 @@ class AutoDeepLabSupernet(keras.Model):
             self.heads.append(SearchASPP(self.num_classes, self.head_filters, rate,
                                          name=f"aspp_level{level}"))
 
-        init = keras.initializers.RandomNormal(stddev=ARCH_INIT_STDDEV)
-        self.alpha = self.add_weight(name=ALPHA_NAME, initializer=init,
+        self.alpha = self.add_weight(name=ALPHA_NAME,
+                                     initializer=arch_initializer(self.seed, ALPHA_STREAM),
                                      shape=(search_space.num_edges(self.num_blocks),
                                             search_space.NUM_OPS))
-        self.beta = self.add_weight(name=BETA_NAME, initializer=init,
+        self.beta = self.add_weight(name=BETA_NAME,
+                                    initializer=arch_initializer(self.seed, BETA_STREAM),
                                     shape=(self.num_layers, self.num_levels,
                                            search_space.NUM_DIRECTIONS))
         self._beta_mask = search_space.beta_mask(self.num_layers, self.num_levels)
@@ -227,4 +256,5 @@ class AutoDeepLabSupernet(keras.Model):
                 "num_blocks": self.num_blocks, "num_layers": self.num_layers,
                 "num_levels": self.num_levels, "stem_filters": list(self.stem_filters),
                 "head_filters": self.head_filters, "head_base_rate": self.head_base_rate,
-                "loop_uniform_layers": self.loop_uniform_layers, "name": self.name}
+                "loop_uniform_layers": self.loop_uniform_layers, "seed": self.seed,
+                "name": self.name}

@@ -1,10 +1,11 @@
 """The uniform layers of the trellis, run as one loop over stacked weights.
 
 In a trellis of `num_levels` levels, layer l has levels 0 .. min(l, num_levels - 1). From
-layer `num_levels + 1` on, the previous layer and the one two back both have every level,
-so every such layer has the same nodes, transitions, H^{l-2} sources, shapes and channel
-counts: the layers differ only in their weights and in their row of beta. For the paper's
-L = 12 and 4 levels that is layers 5..12, 32 of the 45 cells.
+layer `num_levels + 1` on (layer 3 on with a single level: layer 2 reads the stem), the
+previous layer and the one two back are both searchable layers with every level, so every
+such layer has the same nodes, transitions, H^{l-2} sources, shapes and channel counts:
+the layers differ only in their weights and in their row of beta. For the paper's L = 12
+and 4 levels that is layers 5..12, 32 of the 45 cells.
 
 Traced one by one, those layers make most of the supernet's forward+backward graph (about
 105k ops for L = 12), and it is the graph, not the activations, that dominates the search's
@@ -32,8 +33,14 @@ from auto_deeplab_tf.cell import SearchCell
 
 
 def first_uniform_layer(num_levels: int) -> int:
-    """The first layer whose previous layer and the one two back have every level."""
-    return num_levels + 1
+    """The first layer whose previous layer and the one two back are searchable layers
+    with every level.
+
+    Layer num_levels - 1 is the first with every level, so that is layer num_levels + 1,
+    except with a single level: there layer 2's H^{l-2} is the stem (layer 0), whose
+    channels differ from a cell's, and the trellis is uniform from layer 3 on.
+    """
+    return max(num_levels + 1, 3)
 
 
 def num_uniform_layers(num_layers: int, num_levels: int) -> int:

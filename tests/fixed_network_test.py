@@ -174,3 +174,62 @@ def test_bad_arguments():
         AutoDeepLab(architecture_lib.AUTODEEPLAB, 3, drop_path_keep_prob=0.0)
     with pytest.raises(ValueError):
         FixedCell(architecture_lib.AUTODEEPLAB.cell, 4, transition="sideways")
+
+
+def _drop_outcomes(keep: float, n: int = 2000, seed: int = 5):
+    """Per sample, which of block 0's two ops survived drop path in one training call of a
+    fixed cell: a [n, 2] bool array (left kept, right kept).
+
+    Block 0 = sep_conv_3x3(state 0) + atrous_conv_3x3(state 1); both ops end in a BN, so
+    a surviving op's output is never zero. Each op is rerun alone on the same inputs
+    (training BN: deterministic batch statistics) and every sample's block output is
+    matched against the four possible sums."""
+    import keras
+    keras.utils.set_random_seed(seed)
+    genotype = [[(0, "sep_conv_3x3"), (1, "atrous_conv_3x3")],
+                [(2, "skip_connect"), (0, "avg_pool_3x3")]]
+    cell = FixedCell(genotype, 4, name="cell")
+    h_prev = tf.random.stateless_normal((n, 4, 4, 6), seed=(seed, 2))
+    h_prev_prev = tf.random.stateless_normal((n, 4, 4, 4), seed=(seed, 3))
+    y = cell(h_prev, h_prev_prev, keep_prob=keep, training=True).numpy()
+    state0 = cell.preprocess(h_prev, training=True)
+    left = cell.block_ops[0][0](state0, training=True).numpy() / keep
+    right = cell.block_ops[0][1](h_prev_prev, training=True).numpy() / keep
+    block = y[..., :4]
+    candidates = [(kept_left, kept_right) for kept_left in (False, True)
+                  for kept_right in (False, True)]
+    matches = np.stack([np.all(np.abs(block - (kl * left + kr * right)) < 1e-4,
+                               axis=(1, 2, 3)) for kl, kr in candidates], axis=1)
+    assert np.all(matches.sum(axis=1) == 1), "not exactly one drop-path outcome per sample"
+    outcomes = np.array(candidates)[np.argmax(matches, axis=1)]
+    return outcomes
+
+
+def test_drop_path_drops_each_op_independently_before_the_block_sum():
+    """Issue #11, item 1: as Google's nas_cell.py, drop path masks each op's output (every
+    op but none), not each block's sum. With keep probability k a block is zeroed only when
+    both of its ops are dropped: probability (1 - k)^2 = 0.16 for k = 0.6 (per block it
+    would be 0.4). The four outcomes have the frequencies of two independent draws.
+    Tolerance: 2000 samples, a frequency's standard deviation is at most 0.011; +-0.035."""
+    keep = 0.6
+    outcomes = _drop_outcomes(keep)
+    left, right = outcomes[:, 0], outcomes[:, 1]
+    frequencies = {
+        "both dropped (block zeroed)": (np.mean(~left & ~right), (1 - keep) ** 2),
+        "only left kept": (np.mean(left & ~right), keep * (1 - keep)),
+        "only right kept": (np.mean(~left & right), keep * (1 - keep)),
+        "both kept": (np.mean(left & right), keep ** 2),
+    }
+    for what, (measured, expected) in frequencies.items():
+        assert abs(measured - expected) < 0.035, (what, measured, expected)
+
+
+def test_fixed_cell_drops_nothing_at_inference():
+    genotype = [[(0, "sep_conv_3x3"), (1, "skip_connect")]]
+    cell = FixedCell(genotype, 4, name="cell")
+    h_prev, h_prev_prev = _images(64, 5, 5)[..., :2], _images(64, 5, 5, seed=1)[..., :1]
+    h_prev_prev = tf.concat([h_prev_prev] * 4, axis=-1)
+    a = cell(h_prev, h_prev_prev, keep_prob=0.3, training=False).numpy()
+    b = cell(h_prev, h_prev_prev, keep_prob=1.0, training=False).numpy()
+    np.testing.assert_array_equal(a, b)
+    assert not np.any(np.all(a == 0, axis=(1, 2, 3)))

@@ -287,3 +287,20 @@ def test_demo_defaults_fill_only_the_flags_not_given(tmp_path):
             saved["arch_start_epoch"], saved["scale"]) == ("adam", 5e-3, 80, 50, 0.5)
     assert (saved["arch_lr"], saved["crop_size"], saved["filter_multiplier"],
             saved["num_layers"], saved["batch_size"]) == (0.02, 32, 2, 2, 2)
+
+
+def test_alpha_and_beta_initial_values_come_from_seed():
+    """Issue #11, item 2: --seed alone fixes alpha and beta's initial draws."""
+    import keras
+
+    def initial(seed, global_seed):
+        keras.utils.set_random_seed(global_seed)
+        model = search_lib.build_search_model(tiny_config("/unused", seed=seed), NUM_CLASSES,
+                                              total_steps=1)
+        return model.alpha.numpy(), model.beta.numpy()
+
+    alpha, beta = initial(3, 0)
+    assert not np.isin(beta.ravel(), alpha.ravel()).any()
+    for a, b in zip(initial(3, 1), (alpha, beta)):
+        np.testing.assert_array_equal(a, b)
+    assert not np.isin(initial(4, 0)[0].ravel(), alpha.ravel()).any()

@@ -117,3 +117,50 @@ def test_bad_dimensions_fail_with_the_argument_name(flag, value):
     kwargs = dict(TINY, **{flag: value})
     with pytest.raises(ValueError, match=f"{flag} must be >= 1, got {value}"):
         AutoDeepLabSupernet(**kwargs)
+
+
+def _arch_init(seed, global_seed, **dims):
+    """alpha and beta of a freshly built supernet (tiny: one level, two layers)."""
+    import keras
+    keras.utils.set_random_seed(global_seed)  # everything but alpha/beta may follow it
+    m = AutoDeepLabSupernet(seed=seed, **dict(TINY, num_layers=2, num_levels=2, **dims))
+    m.build((None, None, None, 3))
+    return m.alpha.numpy(), m.beta.numpy()
+
+
+def test_alpha_and_beta_are_independent_draws_from_the_seed():
+    """Issue #11, item 2: alpha and beta are two independent 1e-3 * N(0, 1) draws (one
+    initializer object used to draw both, so beta repeated alpha's first numbers), made
+    from `seed` alone, whatever the global random state."""
+    alpha, beta = _arch_init(3, global_seed=0)
+    assert not np.isin(beta.ravel(), alpha.ravel()).any()
+    values = np.concatenate([alpha.ravel(), beta.ravel()])
+    assert 0.5e-3 < values.std() < 2e-3 and np.abs(values.mean()) < 5e-4
+    same_alpha, same_beta = _arch_init(3, global_seed=1)
+    np.testing.assert_array_equal(same_alpha, alpha)
+    np.testing.assert_array_equal(same_beta, beta)
+    other_alpha, other_beta = _arch_init(4, global_seed=0)
+    assert not np.isin(other_alpha.ravel(), alpha.ravel()).any()
+    assert not np.isin(other_beta.ravel(), beta.ravel()).any()
+    # Unseeded (seed=None): still two independent draws.
+    alpha, beta = _arch_init(None, global_seed=0)
+    assert not np.isin(beta.ravel(), alpha.ravel()).any()
+
+
+def test_search_head_weights_are_independent_draws():
+    """Issue #11, item 3: each kernel of the search ASPP gets its own draw. With one
+    initializer object the 1x1 and pooling kernels were equal, and the atrous and logits
+    kernels scaled copies of one draw (each a prefix of the same random numbers)."""
+    from auto_deeplab_tf.search_head import SearchASPP
+    head = SearchASPP(num_classes=3, filters=4, rate=2)
+    head.build((None, None, None, 8))
+    kernels = {name: getattr(head, name).numpy().ravel()
+               for name in ("k_1x1", "k_atrous", "k_pool", "k_logits")}
+    names = sorted(kernels)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            x, y = kernels[a], kernels[b]
+            n = min(x.size, y.size)
+            # Not equal, and not proportional on their common prefix either.
+            correlation = np.corrcoef(x[:n], y[:n])[0, 1]
+            assert abs(correlation) < 0.9, (a, b, correlation)

@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from auto_deeplab_tf import search_space as ss
 from auto_deeplab_tf.supernet import AutoDeepLabSupernet
-from auto_deeplab_tf.uniform_layers import UniformLayers, num_uniform_layers
+from auto_deeplab_tf.uniform_layers import UniformLayers, first_uniform_layer, num_uniform_layers
 
 # L = 7 over 4 levels: layers 5, 6, 7 are uniform (3 loop iterations).
 DIMS = dict(num_classes=3, filter_multiplier=2, num_blocks=3, num_layers=7, num_levels=4,
@@ -46,11 +46,11 @@ def weight_pairs(unrolled, looped):
     return pairs
 
 
-@pytest.fixture(scope="module")
-def models():
-    unrolled = AutoDeepLabSupernet(loop_uniform_layers=False, **DIMS)
+def paired_models(dims):
+    """An unrolled and a looped supernet of `dims` with the same weights."""
+    unrolled = AutoDeepLabSupernet(loop_uniform_layers=False, **dims)
     unrolled.build((None, None, None, 3))
-    looped = AutoDeepLabSupernet(**DIMS)
+    looped = AutoDeepLabSupernet(**dims)
     looped.build((None, None, None, 3))
     rng = np.random.default_rng(0)
     # Architecture logits of order 1, so that beta and alpha mixes are far from uniform.
@@ -63,6 +63,11 @@ def models():
         else:
             b[copy].assign(a)
     return unrolled, looped, pairs
+
+
+@pytest.fixture(scope="module")
+def models():
+    return paired_models(DIMS)
 
 
 def test_only_the_uniform_layers_are_looped(models):
@@ -88,12 +93,7 @@ def _loss_and_grads(model, images, labels):
     return logits, [tf.convert_to_tensor(g) for g in grads]
 
 
-@pytest.mark.parametrize("mode", ["eager", "graph"])
-def test_looped_supernet_equals_the_unrolled_one_with_the_same_weights(models, mode):
-    """Same logits and gradients (w.r.t. alpha, beta and every weight, each stacked copy
-    against its layer's weight). Eager runs the loop as Python; "graph" traces it, so
-    the forward and backward go through while_v2. Tolerance: float32 reduction order;
-    measured differences are ~1e-7."""
+def check_looped_equals_unrolled(models, mode):
     unrolled, looped, pairs = models
     rng = np.random.default_rng(1)
     images = tf.constant(rng.normal(size=(2, SIZE, SIZE, 3)).astype(np.float32))
@@ -109,6 +109,31 @@ def test_looped_supernet_equals_the_unrolled_one_with_the_same_weights(models, m
         got = by_id[id(b)] if copy is None else by_id[id(b)][copy]
         np.testing.assert_allclose(got, ref_by_id[id(a)], atol=1e-5 * scale, rtol=1e-4,
                                    err_msg=b.path)
+
+
+@pytest.mark.parametrize("mode", ["eager", "graph"])
+def test_looped_supernet_equals_the_unrolled_one_with_the_same_weights(models, mode):
+    """Same logits and gradients (w.r.t. alpha, beta and every weight, each stacked copy
+    against its layer's weight). Eager runs the loop as Python; "graph" traces it, so
+    the forward and backward go through while_v2. Tolerance: float32 reduction order;
+    measured differences are ~1e-7."""
+    check_looped_equals_unrolled(models, mode)
+
+
+@pytest.mark.parametrize("num_levels", [1, 2, 3])
+def test_looped_equals_unrolled_for_every_number_of_levels(num_levels):
+    """Issue #11, item 4: the loop starts where the trellis is really uniform. With one
+    level, layer 2 is not: its H^{l-2} is the stem (other channels), so the loop must
+    start at layer 3; otherwise at num_levels + 1. Two looped layers each; 4 levels is
+    the test above, and more levels follow the same rule as 2..4 (not run: a 5-level
+    trellis takes ~50 s to trace here). Same tolerance as above."""
+    first = first_uniform_layer(num_levels)
+    assert first == max(3, num_levels + 1)
+    dims = dict(DIMS, num_levels=num_levels, num_layers=first + 1, num_blocks=1)
+    models = paired_models(dims)
+    assert models[1].num_looped_layers == 2
+    assert len(models[1].cells) == len(ss.trellis_nodes(first - 1, num_levels))
+    check_looped_equals_unrolled(models, "graph")
 
 
 def test_every_stacked_copy_alpha_and_legal_beta_get_gradients(models):

@@ -54,8 +54,9 @@ _MOMENTUM = flags.DEFINE_float("momentum", 0.9, "SGD momentum (--optimizer=sgd).
 _WEIGHT_DECAY = flags.DEFINE_float("weight_decay", 4e-5, "L2 weight decay of the convolution "
                                    "kernels (weight_decay * sum(w^2) / 2 added to the loss).")
 _DROP_PATH = flags.DEFINE_float("drop_path_keep_prob", 1.0, "Scheduled drop path keep "
-                                "probability p of the last cell (1.0: off); ramped in over "
-                                "training.")
+                                "probability p of each op of the last cell (1.0: off; every "
+                                "op's output is dropped on its own, as in Google's network); "
+                                "ramped in over training.")
 _BN_MOMENTUM = flags.DEFINE_float("bn_momentum", 0.9997, "Batch norm moving-average decay "
                                   "(paper: 0.9997; short runs need less, e.g. 0.99).")
 _STEM = flags.DEFINE_list("stem_filters", ["64", "64", "128"], "Filters of the three stem "

@@ -41,8 +41,8 @@ _F = flags.DEFINE_integer("filter_multiplier", 8, "F: channels per op at OS 4 (F
 _L = flags.DEFINE_integer("num_layers", 12, "L: searchable layers of the trellis.")
 _B = flags.DEFINE_integer("num_blocks", 5, "B: blocks per cell.")
 _LEVELS = flags.DEFINE_integer("num_levels", 4, "Resolution levels (OS 4, 8, 16, 32, ...).")
-_LOOP = flags.DEFINE_bool("loop_uniform_layers", True, "Run layers num_levels+1..L of the "
-                          "supernet as one tf.while_loop over stacked weights: on CPU ~25% "
+_LOOP = flags.DEFINE_bool("loop_uniform_layers", True, "Run layers num_levels+1..L (3..L "
+                          "with one level) of the supernet as one tf.while_loop over stacked weights: on CPU ~25% "
                           "less memory and half the tracing time, ~10% slower steps. "
                           "--noloop_uniform_layers traces every layer (README, Performance).")
 _WEIGHT_OPTIMIZER = flags.DEFINE_enum(
