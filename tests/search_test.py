@@ -284,7 +284,7 @@ def test_demo_defaults_fill_only_the_flags_not_given(tmp_path):
     # The demo values of the flags not given (train/search.py DEMO_DEFAULTS; importing that
     # module here would clash with the absl flags of other train modules in this process).
     assert (saved["weight_optimizer"], saved["weight_lr"], saved["epochs"],
-            saved["arch_start_epoch"], saved["scale"]) == ("adam", 5e-3, 80, 50, 0.5)
+            saved["arch_start_epoch"], saved["scale"]) == ("adam", 5e-3, 65, 50, 0.5)
     assert (saved["arch_lr"], saved["crop_size"], saved["filter_multiplier"],
             saved["num_layers"], saved["batch_size"]) == (0.02, 32, 2, 2, 2)
 

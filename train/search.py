@@ -82,9 +82,9 @@ _JIT = flags.DEFINE_bool("jit_compile", False, "Compile the training step with X
 # beta updated only once the supernet predicts more than background, at a rate for a
 # few hundred steps rather than the paper's tens of thousands.
 DEMO_DEFAULTS = {
-    "epochs": 80, "arch_start_epoch": 50, "batch_size": 16, "filter_multiplier": 4,
+    "epochs": 65, "arch_start_epoch": 50, "batch_size": 16, "filter_multiplier": 4,
     "num_layers": 6, "weight_optimizer": "adam", "weight_lr": 5e-3, "weight_lr_min": 5e-4,
-    "arch_lr": 1e-2, "checkpoint_every_steps": 50, "log_every_steps": 7,
+    "arch_lr": 3e-2, "checkpoint_every_steps": 50, "log_every_steps": 7,
 }
 
 
