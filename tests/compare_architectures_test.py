@@ -326,3 +326,69 @@ def test_resumes_and_never_retrains_a_finished_run(tmp_path):
     # A changed budget on the same directory is refused, naming the flag.
     with pytest.raises(ValueError, match="--train_steps"):
         run(train_steps=3)
+
+
+def test_reuses_a_finished_run_whose_checkpoints_are_gone(tmp_path):
+    """A long comparison spans machines that carry only small files: a run with a matching
+    retrain_config.json and an eval_val.json of the final step counts as finished."""
+    import shutil
+
+    data_dir = sh.make_tiny_cityscapes(str(tmp_path / "data"))
+    Architecture(cell=TINY_CELL, path=[1, 1], num_levels=2).save(
+        str(tmp_path / "a.json"), origin_metadata("search", 0))
+    ra.write_samples(str(tmp_path / "random"), 1, 0, num_blocks=1, num_layers=2, num_levels=2)
+    candidates = comparison.expand_architectures(
+        [str(tmp_path / "a.json"), str(tmp_path / "random" / "*.json")])
+    template = sh.tiny_config(tmp_path / "out", data_dir, train_steps=2,
+                              checkpoint_every_steps=1)
+    out = str(tmp_path / "out")
+
+    def run(**changes):
+        logs = []
+        payload = comparison.run_comparison(dataclasses.replace(template, **changes),
+                                            candidates, [0], out, log=logs.append)
+        return payload, logs
+
+    first, _ = run()
+    run_dirs = sorted(glob.glob(os.path.join(out, "runs", "*", "seed_0")))
+    assert len(run_dirs) == 2
+    evals = [os.path.join(d, "eval_val.json") for d in run_dirs]
+    stamps = [os.stat(p).st_mtime_ns for p in evals]
+    for run_dir in run_dirs:
+        shutil.rmtree(os.path.join(run_dir, "checkpoints"))
+
+    # Carried elsewhere without checkpoints: nothing is retrained or re-evaluated.
+    again, logs = run()
+    assert not any("tracing the training step" in line for line in logs)
+    for run_dir, path in zip(run_dirs, evals):
+        assert sum(line.endswith(f"no checkpoints: result reused from {path}")
+                   for line in logs) == 1
+        assert not os.path.exists(os.path.join(run_dir, "checkpoints"))
+    assert [os.stat(p).st_mtime_ns for p in evals] == stamps
+    written = json.loads(open(os.path.join(out, "comparison.json")).read())
+    for payload in (again, written):
+        assert [r["miou"] for r in payload["architectures"]] == \
+            [r["miou"] for r in first["architectures"]]
+        assert [r["mean_miou"] for r in payload["architectures"]] == \
+            [r["mean_miou"] for r in first["architectures"]]
+
+    # Other settings are still refused, as train.retrain refuses them.
+    with pytest.raises(ValueError, match="--batch_size=1 but .* different batch_size"):
+        run(batch_size=1)
+
+    # An evaluation of an earlier step is not a finished run: that one is retrained (from
+    # scratch, its checkpoints being gone) and evaluated again; the other is still reused.
+    with open(evals[0]) as f:
+        early = json.load(f)
+    early["global_step"] = 1
+    with open(evals[0], "w") as f:
+        json.dump(early, f)
+    _, logs = run()
+    assert sum("tracing the training step" in line for line in logs) == 1
+    assert sum("retraining finished: 2 steps (2 in this run" in line for line in logs) == 1
+    assert sum("result reused from" in line for line in logs) == 1
+    assert any(line.endswith(f"result reused from {evals[1]}") for line in logs)
+    with open(evals[0]) as f:
+        assert json.load(f)["global_step"] == 2
+    assert os.path.isdir(os.path.join(run_dirs[0], "checkpoints"))
+    assert not os.path.exists(os.path.join(run_dirs[1], "checkpoints"))
