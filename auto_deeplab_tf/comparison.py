@@ -26,7 +26,11 @@ Runs are keyed by the architecture's content, not its file name, so a file renam
 listed again maps to the same runs. Rerunning the same command resumes: a run that finished
 (and was evaluated) is not retrained, an unfinished one resumes from its last checkpoint
 (`run_retrain`'s own resume, which also refuses changed settings), and comparison.json is
-rewritten after every run.
+rewritten after every run. A finished run needs only its small files, not its checkpoints
+(too big to carry between the machines a long comparison spans): with no checkpoint, a
+retrain_config.json of the same settings and an eval_SPLIT.json of the final step mean
+finished (`reusable_result`). stats.json is recomputed when missing; inherited_SPLIT.json
+is reused only for the same supernet checkpoint.
 """
 
 from __future__ import annotations
