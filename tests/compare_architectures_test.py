@@ -219,8 +219,10 @@ def _setup(base):
     from auto_deeplab_tf import search as search_lib
 
     data_dir = sh.make_tiny_cityscapes(str(base / "data"))
+    # The metadata a search writes after its last epoch (here step 1, the checkpoint's).
     Architecture(cell=TINY_CELL, path=[1, 1], num_levels=2).save(
-        str(base / "search" / "architecture.json"), origin_metadata("search", 0))
+        str(base / "search" / "architecture.json"),
+        origin_metadata("search", 0, path_probability=0.25, epoch=1, global_step=1))
     ra.write_samples(str(base / "random"), 1, 0, num_blocks=1, num_layers=2, num_levels=2)
     config = search_lib.SearchConfig(model_dir=str(base / "search"), dataset="cityscapes",
                                      filter_multiplier=2, num_layers=2, num_blocks=1,
@@ -392,3 +394,72 @@ def test_reuses_a_finished_run_whose_checkpoints_are_gone(tmp_path):
         assert json.load(f)["global_step"] == 2
     assert os.path.isdir(os.path.join(run_dirs[0], "checkpoints"))
     assert not os.path.exists(os.path.join(run_dirs[1], "checkpoints"))
+
+
+def test_inherited_results_carry_to_a_copy_of_the_search_run_without_checkpoints(
+        tmp_path, monkeypatch):
+    """The search run's small files identify its supernet: inherited results computed with
+    the run in one place are reused when it is given from another, checkpoints left out."""
+    import shutil
+
+    data_dir = _setup(tmp_path)
+    search_dir = tmp_path / "search"
+    candidates = comparison.expand_architectures(
+        [str(search_dir / "architecture.json"), str(tmp_path / "random" / "*.json")])
+    template = sh.tiny_config(tmp_path / "out", data_dir, train_steps=1,
+                              checkpoint_every_steps=1)
+    out = str(tmp_path / "out")
+
+    def run(supernet_dir):
+        logs = []
+        payload = comparison.run_comparison(template, candidates, [0], out,
+                                            supernet_dir=str(supernet_dir), log=logs.append)
+        return payload, logs
+
+    first, logs = run(search_dir)
+    assert sum("[inherited " in line for line in logs) == 2
+    saved = sorted(glob.glob(os.path.join(out, "runs", "*", "inherited_val.json")))
+    assert len(saved) == 2
+    stamps = [os.stat(p).st_mtime_ns for p in saved]
+    for path in saved:
+        assert json.load(open(path))["supernet"]["global_step"] == 1
+
+    # Another machine: the search run's small files only, at another path.
+    carried = tmp_path / "elsewhere" / "search"
+    carried.mkdir(parents=True)
+    for name in ("search_config.json", "architecture.json"):
+        shutil.copy(search_dir / name, carried / name)
+
+    def no_supernet(*args, **kwargs):
+        raise AssertionError("the supernet was loaded")
+
+    monkeypatch.setattr(inherited, "load_supernet", no_supernet)
+    again, logs = run(carried)
+    assert [r["inherited_miou"] for r in again["architectures"]] == \
+        [r["inherited_miou"] for r in first["architectures"]]
+    assert all(r["inherited_miou"] is not None for r in again["architectures"])
+    assert [os.stat(p).st_mtime_ns for p in saved] == stamps
+    assert any(f"2 of 2 architectures: inherited val mIoU reused (search run {carried}, "
+               "step 1)" in line for line in logs)
+    # The original place, checkpoint and all, reuses them too.
+    run(search_dir)
+    assert [os.stat(p).st_mtime_ns for p in saved] == stamps
+    # A result written before results named their supernet is kept when its checkpoint path
+    # is this one, and gains the name.
+    legacy = json.load(open(saved[1]))
+    identity = legacy.pop("supernet")
+    with open(saved[1], "w") as f:
+        json.dump(legacy, f)
+    run(search_dir)
+    assert json.load(open(saved[1])) == dict(legacy, supernet=identity)
+
+    # One result missing and no checkpoint to compute it: refused, naming what is missing.
+    os.remove(saved[0])
+    key = os.path.basename(os.path.dirname(saved[0]))
+    name = [c.name for c in candidates if c.key == key][0]
+    with pytest.raises(ValueError) as error:
+        run(carried)
+    assert str(error.value) == (
+        f"--supernet_dir={carried} has no search checkpoint in {carried / 'checkpoints'}, "
+        f"and 1 of 2 architectures have no inherited val mIoU of this supernet (step 1): "
+        f"{name} ({saved[0]}); give --supernet_dir with its checkpoints/ to compute it")
