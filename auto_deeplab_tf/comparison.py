@@ -30,7 +30,8 @@ rewritten after every run. A finished run needs only its small files, not its ch
 (too big to carry between the machines a long comparison spans): with no checkpoint, a
 retrain_config.json of the same settings and an eval_SPLIT.json of the final step mean
 finished (`reusable_result`). stats.json is recomputed when missing; inherited_SPLIT.json
-is reused only for the same supernet checkpoint.
+is reused for the same supernet, named by the search run's small files rather than its path
+(`inherited.supernet_identity`), without its checkpoint when nothing else is missing.
 """
 
 from __future__ import annotations
