@@ -26,7 +26,12 @@ Runs are keyed by the architecture's content, not its file name, so a file renam
 listed again maps to the same runs. Rerunning the same command resumes: a run that finished
 (and was evaluated) is not retrained, an unfinished one resumes from its last checkpoint
 (`run_retrain`'s own resume, which also refuses changed settings), and comparison.json is
-rewritten after every run.
+rewritten after every run. A finished run needs only its small files, not its checkpoints
+(too big to carry between the machines a long comparison spans): with no checkpoint, a
+retrain_config.json of the same settings and an eval_SPLIT.json of the final step mean
+finished (`reusable_result`). stats.json is recomputed when missing; inherited_SPLIT.json
+is reused for the same supernet, named by the search run's small files rather than its path
+(`inherited.supernet_identity`), without its checkpoint when nothing else is missing.
 """
 
 from __future__ import annotations
@@ -408,6 +413,36 @@ def architecture_stats(template, arch: Architecture, num_classes: int, arch_dir:
     return result
 
 
+def reusable_result(config, arch: Architecture, num_classes: int, eval_path: str
+                    ) -> dict[str, Any] | None:
+    """The evaluation (`eval_path`, an eval_SPLIT.json) of a run that finished with these
+    settings but whose checkpoints are gone, else None.
+
+    `config` is the run's `retrain.RetrainConfig` (model_dir = the run directory). Only
+    small files can be carried between the machines a long comparison spans: a run counts as
+    finished when its retrain_config.json agrees with `config` on every setting a retraining
+    must not resume with changed (`retrain.resume_config_differences`) and the evaluation is
+    of the final step. With checkpoints present, or any of this missing or different, None:
+    `retrain.run_retrain` then decides, as for any run (it resumes, or refuses changed
+    settings with its message).
+    """
+    import tensorflow as tf
+
+    from auto_deeplab_tf import retrain as retrain_lib
+
+    checkpoint_dir = os.path.join(config.model_dir, retrain_lib.CHECKPOINT_SUBDIR)
+    if tf.io.gfile.isdir(checkpoint_dir) and tf.train.latest_checkpoint(checkpoint_dir):
+        return None
+    saved = _read_json(os.path.join(config.model_dir, retrain_lib.CONFIG_FILENAME))
+    if saved is None or retrain_lib.resume_config_differences(
+            saved, _model_config(config, arch, num_classes)):
+        return None
+    evaluated = _read_json(eval_path)
+    if evaluated is None or evaluated.get("global_step") != config.train_steps:
+        return None
+    return evaluated
+
+
 def _check_seeds(seeds: Sequence[int]) -> list[int]:
     seeds = [int(s) for s in seeds]
     if not seeds:
@@ -526,6 +561,13 @@ def run_comparison(template, candidates: Sequence[Candidate], seeds: Sequence[in
                 template, model_dir=run_dir, seed=seed,
                 architecture=os.path.join(arch_dirs[key], common.ARCHITECTURE_FILENAME))
             log(f"{prefix} run directory {run_dir}")
+            reused = reusable_result(config, candidate.architecture, num_classes, eval_path)
+            if reused is not None:
+                log(f"{prefix} finished at step {config.train_steps} with these settings "
+                    f"(retrain_config.json), no checkpoints: result reused from {eval_path}")
+                log(f"{prefix} {split} mIoU {100 * reused['miou']:.2f}%")
+                payload = report(done)
+                continue
             result = retrain_lib.run_retrain(config, log=lambda line: log(f"{prefix} {line}"))
             if not result.completed:
                 pending.append((candidate.name, seed))

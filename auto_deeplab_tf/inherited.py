@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -103,11 +103,50 @@ class Subnetworks:
                              arch_weights=tuple(tf.convert_to_tensor(m) for m in self.masks))
 
 
-def read_search_run(supernet_dir: str):
-    """(SearchConfig, latest checkpoint path, absolute) of a train.search --model_dir."""
+@dataclasses.dataclass
+class SearchRun:
+    """What inherited accuracy needs of a train.search --model_dir."""
+
+    config: Any  # its search.SearchConfig
+    checkpoint: str | None  # its latest checkpoint, absolute; None when checkpoints/ is gone
+    identity: dict | None  # its supernet, portably (`supernet_identity`); None if unknown
+
+
+def supernet_identity(saved_config: dict, step: int | None,
+                      arch_metadata: dict) -> dict | None:
+    """The supernet of a search run, by what its small files say rather than by path, so that
+    a copy of the run elsewhere (checkpoints left out) names the same supernet.
+
+    It is the settings a search refuses to resume with changed (search_config.json: space,
+    data, budget, seed), the global step of the weights, and, when architecture.json was
+    decoded at that step (the end of an epoch, as at the end of a search), its path
+    probability: a number computed from the trained alpha and beta, which tells apart two
+    runs of the same settings. `step` is None when unknown (then so is the supernet).
+    """
+    from auto_deeplab_tf import search as search_lib
+
+    if step is None:
+        return None
+    decoded_here = arch_metadata.get("global_step") == step
+    return {"search_settings": {k: saved_config.get(k) for k in search_lib._RESUME_KEYS},
+            "global_step": step,
+            "path_probability": arch_metadata.get("path_probability") if decoded_here
+            else None}
+
+
+def read_search_run(supernet_dir: str) -> SearchRun:
+    """The settings, latest checkpoint and supernet identity of a train.search --model_dir.
+
+    Without checkpoints, the step is the one architecture.json was decoded at (the last
+    epoch's end, where the final checkpoint is written), so a finished search's small files
+    identify its final supernet.
+    """
     import tensorflow as tf
 
+    from auto_deeplab_tf import common
+    from auto_deeplab_tf import retrain as retrain_lib
     from auto_deeplab_tf import search as search_lib
+    from auto_deeplab_tf.architecture import read_metadata
 
     config_path = os.path.join(supernet_dir, search_lib.CONFIG_FILENAME)
     if not os.path.exists(config_path):
@@ -117,12 +156,16 @@ def read_search_run(supernet_dir: str):
         saved = json.load(f)
     fields = {f.name for f in dataclasses.fields(search_lib.SearchConfig)}
     config = search_lib.SearchConfig(**{k: v for k, v in saved.items() if k in fields})
-    checkpoint_dir = os.path.join(supernet_dir, search_lib.CHECKPOINT_SUBDIR)
-    checkpoint_path = tf.train.latest_checkpoint(checkpoint_dir)
-    if checkpoint_path is None:
-        raise ValueError(f"--supernet_dir={supernet_dir}: no search checkpoint in "
-                         f"{checkpoint_dir}")
-    return config, os.path.abspath(checkpoint_path)
+    arch_path = os.path.join(supernet_dir, common.ARCHITECTURE_FILENAME)
+    metadata = read_metadata(arch_path) if os.path.exists(arch_path) else {}
+    checkpoint_path = tf.train.latest_checkpoint(
+        os.path.join(supernet_dir, search_lib.CHECKPOINT_SUBDIR))
+    if checkpoint_path is not None:
+        checkpoint_path = os.path.abspath(checkpoint_path)
+        step = retrain_lib.checkpoint_step(checkpoint_path)  # the search names them alike
+    else:
+        step = metadata.get("global_step")
+    return SearchRun(config, checkpoint_path, supernet_identity(saved, step, metadata))
 
 
 def load_supernet(config, checkpoint_path: str, num_classes: int, ignore_label: int):
@@ -152,33 +195,64 @@ def evaluate_candidates(supernet_dir: str, candidates: Sequence, arch_dirs: dict
                         log: Callable[[str], None] = print) -> None:
     """Inherited mIoU of every candidate (`comparison.Candidate`) on `split` with the latest
     checkpoint of the search run `supernet_dir`, written to `result_path(arch_dirs[key],
-    split)`; a result for the same checkpoint is kept, not recomputed."""
-    from auto_deeplab_tf import evaluation
+    split)`.
 
-    config, checkpoint_path = read_search_run(supernet_dir)
+    A saved result of the same supernet (`supernet_identity`, wherever the run was) is
+    kept, not recomputed; when every candidate has one, the supernet is not loaded, so the
+    run's checkpoints are needed only for the missing ones (ValueError naming them if gone).
+    """
+    from auto_deeplab_tf import evaluation
+    from auto_deeplab_tf import search as search_lib
+
+    run = read_search_run(supernet_dir)
+    config = run.config
     if config.dataset != descriptor.name:
         raise ValueError(f"--supernet_dir={supernet_dir} searched on {config.dataset}, not "
                          f"{descriptor.name}")
     for candidate in candidates:
         check_space(candidate.architecture, config.num_blocks, config.num_layers,
                     config.num_levels, where=f"--supernet_dir={supernet_dir}: {candidate.source}")
-    todo = [c for c in candidates
-            if (_read(result_path(arch_dirs[c.key], split)) or {}).get("checkpoint")
-            != checkpoint_path]
+    todo = []
+    for candidate in candidates:
+        path = result_path(arch_dirs[candidate.key], split)
+        saved = _read(path) or {}
+        if run.identity is not None and saved.get("supernet") == run.identity:
+            continue
+        if "supernet" not in saved and run.checkpoint is not None and \
+                saved.get("checkpoint") == run.checkpoint:
+            # Written before results named their supernet: same checkpoint, same supernet.
+            saved["supernet"] = run.identity
+            evaluation.write_json(path, saved)
+            continue
+        todo.append(candidate)
+    if len(todo) < len(candidates):
+        step = run.identity["global_step"]
+        log(f"[inherited] {len(candidates) - len(todo)} of {len(candidates)} architectures: "
+            f"inherited {split} mIoU reused (search run {supernet_dir}, step {step})")
     if not todo:
         return
-    model = load_supernet(config, checkpoint_path, descriptor.num_classes,
+    if run.checkpoint is None:
+        checkpoint_dir = os.path.join(supernet_dir, search_lib.CHECKPOINT_SUBDIR)
+        step = "unknown" if run.identity is None else run.identity["global_step"]
+        missing = ", ".join(f"{c.name} ({result_path(arch_dirs[c.key], split)})"
+                            for c in todo)
+        raise ValueError(f"--supernet_dir={supernet_dir} has no search checkpoint in "
+                         f"{checkpoint_dir}, and {len(todo)} of {len(candidates)} "
+                         f"architectures have no inherited {split} mIoU of this supernet "
+                         f"(step {step}): {missing}; give --supernet_dir with its "
+                         "checkpoints/ to compute it")
+    model = load_supernet(config, run.checkpoint, descriptor.num_classes,
                           descriptor.ignore_label)
     subnetworks = Subnetworks(model)
     predict_fn = evaluation.make_predict_fn(subnetworks, scales=(config.scale,))
     for i, candidate in enumerate(todo):
         subnetworks.select(candidate.architecture)
         result = evaluation.evaluate_split(predict_fn, descriptor, data_dir, split)
-        result.update(supernet_dir=os.path.abspath(supernet_dir), checkpoint=checkpoint_path,
-                      eval_scales=[config.scale])
+        result.update(supernet_dir=os.path.abspath(supernet_dir), checkpoint=run.checkpoint,
+                      supernet=run.identity, eval_scales=[config.scale])
         evaluation.write_json(result_path(arch_dirs[candidate.key], split), result)
         log(f"[inherited {i + 1}/{len(todo)} {candidate.name}] {split} mIoU "
-            f"{100 * result['miou']:.2f}% with the weights of {checkpoint_path}")
+            f"{100 * result['miou']:.2f}% with the weights of {run.checkpoint}")
 
 
 def _read(path: str) -> dict | None:

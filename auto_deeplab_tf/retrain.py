@@ -255,20 +255,31 @@ def decayed_variables(model: keras.Model) -> list:
     return [v for v in model.trainable_variables if len(v.shape) == 4]
 
 
+def resume_config_differences(saved: dict[str, Any], config_dict: dict[str, Any]
+                              ) -> list[str]:
+    """The keys of `_RESUME_KEYS` and 'architecture_spec' whose value in `saved` (a run's
+    retrain_config.json) differs from `config_dict` (the same layout): a run resumes, or its
+    results are reused, only when this is empty. A key the saved file lacks (written by an
+    older version) is not held against it."""
+    return [key for key in _RESUME_KEYS + ("architecture_spec",)
+            if key in saved and saved[key] != config_dict[key]]
+
+
 def _check_resume_config(config_dict: dict, model_dir: str, write: bool = True) -> None:
     path = os.path.join(model_dir, CONFIG_FILENAME)
     if tf.io.gfile.exists(path):
         with tf.io.gfile.GFile(path) as f:
             saved = json.load(f)
-        for key in _RESUME_KEYS + ("architecture_spec",):
-            if key in saved and saved[key] != config_dict[key]:
-                flag = "architecture" if key == "architecture_spec" else key
-                shown = config_dict["architecture"] if key == "architecture_spec" \
-                    else config_dict[key]
-                raise ValueError(
-                    f"{path}: this run has --{flag}={shown} but {model_dir} holds a retraining "
-                    f"run with a different {flag} ({saved.get(flag, saved[key])}); resume with "
-                    "the same settings or use another --model_dir")
+        changed = resume_config_differences(saved, config_dict)
+        if changed:
+            key = changed[0]
+            flag = "architecture" if key == "architecture_spec" else key
+            shown = config_dict["architecture"] if key == "architecture_spec" \
+                else config_dict[key]
+            raise ValueError(
+                f"{path}: this run has --{flag}={shown} but {model_dir} holds a retraining "
+                f"run with a different {flag} ({saved.get(flag, saved[key])}); resume with "
+                "the same settings or use another --model_dir")
     if not write:
         return
     tmp = f"{path}.tmp"

@@ -219,8 +219,10 @@ def _setup(base):
     from auto_deeplab_tf import search as search_lib
 
     data_dir = sh.make_tiny_cityscapes(str(base / "data"))
+    # The metadata a search writes after its last epoch (here step 1, the checkpoint's).
     Architecture(cell=TINY_CELL, path=[1, 1], num_levels=2).save(
-        str(base / "search" / "architecture.json"), origin_metadata("search", 0))
+        str(base / "search" / "architecture.json"),
+        origin_metadata("search", 0, path_probability=0.25, epoch=1, global_step=1))
     ra.write_samples(str(base / "random"), 1, 0, num_blocks=1, num_layers=2, num_levels=2)
     config = search_lib.SearchConfig(model_dir=str(base / "search"), dataset="cityscapes",
                                      filter_multiplier=2, num_layers=2, num_blocks=1,
@@ -326,3 +328,138 @@ def test_resumes_and_never_retrains_a_finished_run(tmp_path):
     # A changed budget on the same directory is refused, naming the flag.
     with pytest.raises(ValueError, match="--train_steps"):
         run(train_steps=3)
+
+
+def test_reuses_a_finished_run_whose_checkpoints_are_gone(tmp_path):
+    """A long comparison spans machines that carry only small files: a run with a matching
+    retrain_config.json and an eval_val.json of the final step counts as finished."""
+    import shutil
+
+    data_dir = sh.make_tiny_cityscapes(str(tmp_path / "data"))
+    Architecture(cell=TINY_CELL, path=[1, 1], num_levels=2).save(
+        str(tmp_path / "a.json"), origin_metadata("search", 0))
+    ra.write_samples(str(tmp_path / "random"), 1, 0, num_blocks=1, num_layers=2, num_levels=2)
+    candidates = comparison.expand_architectures(
+        [str(tmp_path / "a.json"), str(tmp_path / "random" / "*.json")])
+    template = sh.tiny_config(tmp_path / "out", data_dir, train_steps=2,
+                              checkpoint_every_steps=1)
+    out = str(tmp_path / "out")
+
+    def run(**changes):
+        logs = []
+        payload = comparison.run_comparison(dataclasses.replace(template, **changes),
+                                            candidates, [0], out, log=logs.append)
+        return payload, logs
+
+    first, _ = run()
+    run_dirs = sorted(glob.glob(os.path.join(out, "runs", "*", "seed_0")))
+    assert len(run_dirs) == 2
+    evals = [os.path.join(d, "eval_val.json") for d in run_dirs]
+    stamps = [os.stat(p).st_mtime_ns for p in evals]
+    for run_dir in run_dirs:
+        shutil.rmtree(os.path.join(run_dir, "checkpoints"))
+
+    # Carried elsewhere without checkpoints: nothing is retrained or re-evaluated.
+    again, logs = run()
+    assert not any("tracing the training step" in line for line in logs)
+    for run_dir, path in zip(run_dirs, evals):
+        assert sum(line.endswith(f"no checkpoints: result reused from {path}")
+                   for line in logs) == 1
+        assert not os.path.exists(os.path.join(run_dir, "checkpoints"))
+    assert [os.stat(p).st_mtime_ns for p in evals] == stamps
+    written = json.loads(open(os.path.join(out, "comparison.json")).read())
+    for payload in (again, written):
+        assert [r["miou"] for r in payload["architectures"]] == \
+            [r["miou"] for r in first["architectures"]]
+        assert [r["mean_miou"] for r in payload["architectures"]] == \
+            [r["mean_miou"] for r in first["architectures"]]
+
+    # Other settings are still refused, as train.retrain refuses them.
+    with pytest.raises(ValueError, match="--batch_size=1 but .* different batch_size"):
+        run(batch_size=1)
+
+    # An evaluation of an earlier step is not a finished run: that one is retrained (from
+    # scratch, its checkpoints being gone) and evaluated again; the other is still reused.
+    with open(evals[0]) as f:
+        early = json.load(f)
+    early["global_step"] = 1
+    with open(evals[0], "w") as f:
+        json.dump(early, f)
+    _, logs = run()
+    assert sum("tracing the training step" in line for line in logs) == 1
+    assert sum("retraining finished: 2 steps (2 in this run" in line for line in logs) == 1
+    assert sum("result reused from" in line for line in logs) == 1
+    assert any(line.endswith(f"result reused from {evals[1]}") for line in logs)
+    with open(evals[0]) as f:
+        assert json.load(f)["global_step"] == 2
+    assert os.path.isdir(os.path.join(run_dirs[0], "checkpoints"))
+    assert not os.path.exists(os.path.join(run_dirs[1], "checkpoints"))
+
+
+def test_inherited_results_carry_to_a_copy_of_the_search_run_without_checkpoints(
+        tmp_path, monkeypatch):
+    """The search run's small files identify its supernet: inherited results computed with
+    the run in one place are reused when it is given from another, checkpoints left out."""
+    import shutil
+
+    data_dir = _setup(tmp_path)
+    search_dir = tmp_path / "search"
+    candidates = comparison.expand_architectures(
+        [str(search_dir / "architecture.json"), str(tmp_path / "random" / "*.json")])
+    template = sh.tiny_config(tmp_path / "out", data_dir, train_steps=1,
+                              checkpoint_every_steps=1)
+    out = str(tmp_path / "out")
+
+    def run(supernet_dir):
+        logs = []
+        payload = comparison.run_comparison(template, candidates, [0], out,
+                                            supernet_dir=str(supernet_dir), log=logs.append)
+        return payload, logs
+
+    first, logs = run(search_dir)
+    assert sum("[inherited " in line for line in logs) == 2
+    saved = sorted(glob.glob(os.path.join(out, "runs", "*", "inherited_val.json")))
+    assert len(saved) == 2
+    stamps = [os.stat(p).st_mtime_ns for p in saved]
+    for path in saved:
+        assert json.load(open(path))["supernet"]["global_step"] == 1
+
+    # Another machine: the search run's small files only, at another path.
+    carried = tmp_path / "elsewhere" / "search"
+    carried.mkdir(parents=True)
+    for name in ("search_config.json", "architecture.json"):
+        shutil.copy(search_dir / name, carried / name)
+
+    def no_supernet(*args, **kwargs):
+        raise AssertionError("the supernet was loaded")
+
+    monkeypatch.setattr(inherited, "load_supernet", no_supernet)
+    again, logs = run(carried)
+    assert [r["inherited_miou"] for r in again["architectures"]] == \
+        [r["inherited_miou"] for r in first["architectures"]]
+    assert all(r["inherited_miou"] is not None for r in again["architectures"])
+    assert [os.stat(p).st_mtime_ns for p in saved] == stamps
+    assert any(f"2 of 2 architectures: inherited val mIoU reused (search run {carried}, "
+               "step 1)" in line for line in logs)
+    # The original place, checkpoint and all, reuses them too.
+    run(search_dir)
+    assert [os.stat(p).st_mtime_ns for p in saved] == stamps
+    # A result written before results named their supernet is kept when its checkpoint path
+    # is this one, and gains the name.
+    legacy = json.load(open(saved[1]))
+    identity = legacy.pop("supernet")
+    with open(saved[1], "w") as f:
+        json.dump(legacy, f)
+    run(search_dir)
+    assert json.load(open(saved[1])) == dict(legacy, supernet=identity)
+
+    # One result missing and no checkpoint to compute it: refused, naming what is missing.
+    os.remove(saved[0])
+    key = os.path.basename(os.path.dirname(saved[0]))
+    name = [c.name for c in candidates if c.key == key][0]
+    with pytest.raises(ValueError) as error:
+        run(carried)
+    assert str(error.value) == (
+        f"--supernet_dir={carried} has no search checkpoint in {carried / 'checkpoints'}, "
+        f"and 1 of 2 architectures have no inherited val mIoU of this supernet (step 1): "
+        f"{name} ({saved[0]}); give --supernet_dir with its checkpoints/ to compute it")

@@ -16,7 +16,9 @@ Writes MODEL_DIR/comparison.json (per architecture: the mIoU of each seed, their
 params, multiply-adds, origin, rank; the searched ones' rank and relative improvement over
 the random mean; Kendall's tau with --supernet_dir), MODEL_DIR/comparison.png and the same
 image in TensorBoard, and prints the table. Rerunning the same command resumes: finished
-runs are not retrained. See auto_deeplab_tf/comparison.py.
+runs are not retrained, even with their checkpoints deleted (their retrain_config.json and
+eval_val.json suffice: README, "Searched vs random architectures", says which files to carry
+to another machine). See auto_deeplab_tf/comparison.py.
 """
 
 from __future__ import annotations
