@@ -174,6 +174,20 @@ def build_search_model(config: SearchConfig, num_classes: int, total_steps: int,
     return model
 
 
+def unchanged_since(since: dict, previous: Architecture | None, current: Architecture,
+                    epoch: int) -> dict:
+    """The first epochs since which the decoded architecture and its path are unchanged.
+
+    `since` holds the values after the previous epoch (`unchanged_since_epoch`,
+    `path_unchanged_since_epoch`; None when unknown), `previous` that epoch's architecture,
+    `current` the one decoded at the end of `epoch` (1-based).
+    """
+    changed = {"unchanged_since_epoch": previous is None or current != previous,
+               "path_unchanged_since_epoch": previous is None or current.path != previous.path}
+    return {key: epoch if changed[key] or since.get(key) is None else since[key]
+            for key in changed}
+
+
 def make_step_function(model: SearchModel, strategy: tf.distribute.Strategy,
                        update_arch: bool, jit_compile: bool = False) -> Callable:
     """A traced function running one bilevel step on a distributed batch; returns the mean
@@ -295,13 +309,15 @@ def _search_loop(config, model, strategy, checkpoint, epoch_var, step_var, check
     writer = _Writer(model_dir if is_chief else None)
     step_fns = {}
     previous_arch = None
-    unchanged_since = None  # the first epoch of the current run of identical architectures
+    # The first epoch of the current run of identical architectures (and of identical paths:
+    # the path can settle while near-ties in alpha still flip an op of the cell).
+    since = {"unchanged_since_epoch": None, "path_unchanged_since_epoch": None}
     arch_path = os.path.join(model_dir, common.ARCHITECTURE_FILENAME)
     if tf.io.gfile.exists(arch_path):
         previous_arch = Architecture.load(arch_path)
         with tf.io.gfile.GFile(arch_path) as f:
-            unchanged_since = json.load(f).get(common.ARCH_METADATA, {}).get(
-                "unchanged_since_epoch")
+            saved = json.load(f).get(common.ARCH_METADATA, {})
+        since = {key: saved.get(key) for key in since}
 
     def global_step() -> int:
         return int(epoch_var) * steps_per_epoch + int(step_var)
@@ -310,14 +326,13 @@ def _search_loop(config, model, strategy, checkpoint, epoch_var, step_var, check
         return checkpoints.save(global_step())
 
     def finish_epoch(epoch: int) -> None:
-        nonlocal previous_arch, unchanged_since
+        nonlocal previous_arch
         alpha = model.alpha.numpy()
         beta = model.beta.numpy()
         arch, meta = decoding.decode_architecture(alpha, beta)
-        if previous_arch is None or arch != previous_arch or unchanged_since is None:
-            unchanged_since = epoch + 1
+        since.update(unchanged_since(since, previous_arch, arch, epoch + 1))
         meta.update(origin_metadata(common.ORIGIN_SEARCH, config.seed), epoch=epoch + 1,
-                    global_step=global_step(), unchanged_since_epoch=unchanged_since)
+                    global_step=global_step(), **since)
         if is_chief:
             arch.save(arch_path, meta)
             arch.save(os.path.join(model_dir, EPOCH_ARCH_SUBDIR,
@@ -408,12 +423,14 @@ def _search_loop(config, model, strategy, checkpoint, epoch_var, step_var, check
     elapsed = time.perf_counter() - start
     log(f"search {'finished' if not stopped else 'paused'} after {steps_run} steps in "
         f"{elapsed:.0f} s")
-    if unchanged_since is not None:
-        meta["unchanged_since_epoch"] = unchanged_since
+    if since["unchanged_since_epoch"] is not None:
+        meta.update(since)
         ratio = meta["path_probability"] / meta["uniform_path_probability"]
+        epochs = int(epoch_var)
         log(f"decoded path probability {meta['path_probability']:.3g}, {ratio:.2f}x its "
-            f"{meta['uniform_path_probability']:.3g} under a uniform beta; the architecture "
-            f"has not changed since epoch {unchanged_since} (the last "
-            f"{int(epoch_var) - unchanged_since + 1} of {int(epoch_var)} epochs)")
+            f"{meta['uniform_path_probability']:.3g} under a uniform beta; unchanged over the "
+            f"last {epochs - since['path_unchanged_since_epoch'] + 1} of {epochs} epochs: "
+            f"the path; the whole architecture (cell included): the last "
+            f"{epochs - since['unchanged_since_epoch'] + 1}")
     return SearchResult(arch, meta, completed=int(epoch_var) >= config.epochs,
                         global_step=global_step(), alpha=alpha, beta=beta)

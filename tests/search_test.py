@@ -87,7 +87,8 @@ def test_stopped_and_resumed_search_equals_an_uninterrupted_one(tmp_path, full_r
     np.testing.assert_allclose(alpha_res, alpha_full, atol=1e-6)
     np.testing.assert_allclose(beta_res, beta_full, atol=1e-6)
     assert second.architecture == full.architecture
-    assert second.metadata["unchanged_since_epoch"] == full.metadata["unchanged_since_epoch"]
+    for key in ("unchanged_since_epoch", "path_unchanged_since_epoch"):
+        assert second.metadata[key] == full.metadata[key]
     # alpha/beta moved only in epoch 2 (arch_start_epoch=1), and they did move.
     assert np.abs(alpha_full).max() > 1e-2
 
@@ -126,11 +127,15 @@ def test_search_writes_architectures_checkpoints_and_tensorboard(full_run):
     # unchanged_since_epoch: the first epoch of the final run of identical architectures.
     archs = [Architecture.load(str(tmp_path / "architectures" / name)) for name in epochs]
     since = 2 if archs[1] != archs[0] else 1
+    path_since = 2 if archs[1].path != archs[0].path else 1
     assert meta["unchanged_since_epoch"] == since == result.metadata["unchanged_since_epoch"]
+    assert meta["path_unchanged_since_epoch"] == path_since \
+        == result.metadata["path_unchanged_since_epoch"]
     ratio = meta["path_probability"] / meta["uniform_path_probability"]
     assert (f"decoded path probability {meta['path_probability']:.3g}, {ratio:.2f}x its "
-            f"{meta['uniform_path_probability']:.3g} under a uniform beta; the architecture has "
-            f"not changed since epoch {since} (the last {3 - since} of 2 epochs)") in logs
+            f"{meta['uniform_path_probability']:.3g} under a uniform beta; unchanged over the "
+            f"last {3 - path_since} of 2 epochs: the path; the whole architecture (cell "
+            f"included): the last {3 - since}") in logs
     events = [f for f in os.listdir(tmp_path) if f.startswith("events.out.tfevents")]
     assert events
     tags = set()
@@ -304,3 +309,24 @@ def test_alpha_and_beta_initial_values_come_from_seed():
     for a, b in zip(initial(3, 1), (alpha, beta)):
         np.testing.assert_array_equal(a, b)
     assert not np.isin(initial(4, 0)[0].ravel(), alpha.ravel()).any()
+
+
+def test_unchanged_since_tracks_the_architecture_and_its_path_apart():
+    from auto_deeplab_tf.architecture import AUTODEEPLAB
+
+    cell = AUTODEEPLAB.cell
+    other_cell = (((1, "skip_connect"), (0, "sep_conv_3x3")),) + tuple(cell[1:])
+    a = Architecture(cell=cell, path=(0, 0, 1, 1), num_levels=4)
+    a_other_cell = Architecture(cell=other_cell, path=(0, 0, 1, 1), num_levels=4)
+    b = Architecture(cell=cell, path=(0, 1, 1, 1), num_levels=4)
+    since = search_lib.unchanged_since({}, None, a, 1)
+    assert since == {"unchanged_since_epoch": 1, "path_unchanged_since_epoch": 1}
+    since = search_lib.unchanged_since(since, a, a, 2)
+    assert since == {"unchanged_since_epoch": 1, "path_unchanged_since_epoch": 1}
+    since = search_lib.unchanged_since(since, a, a_other_cell, 3)  # only the cell changed
+    assert since == {"unchanged_since_epoch": 3, "path_unchanged_since_epoch": 1}
+    since = search_lib.unchanged_since(since, a_other_cell, b, 4)
+    assert since == {"unchanged_since_epoch": 4, "path_unchanged_since_epoch": 4}
+    # Resumed from an architecture.json written before these keys existed.
+    assert search_lib.unchanged_since({"unchanged_since_epoch": None}, b, b, 5) == \
+        {"unchanged_since_epoch": 5, "path_unchanged_since_epoch": 5}
