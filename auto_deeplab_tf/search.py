@@ -423,14 +423,19 @@ def _search_loop(config, model, strategy, checkpoint, epoch_var, step_var, check
     elapsed = time.perf_counter() - start
     log(f"search {'finished' if not stopped else 'paused'} after {steps_run} steps in "
         f"{elapsed:.0f} s")
-    if since["unchanged_since_epoch"] is not None:
-        meta.update(since)
+    if int(epoch_var) > 0:
         ratio = meta["path_probability"] / meta["uniform_path_probability"]
         epochs = int(epoch_var)
-        log(f"decoded path probability {meta['path_probability']:.3g}, {ratio:.2f}x its "
-            f"{meta['uniform_path_probability']:.3g} under a uniform beta; unchanged over the "
-            f"last {epochs - since['path_unchanged_since_epoch'] + 1} of {epochs} epochs: "
-            f"the path; the whole architecture (cell included): the last "
-            f"{epochs - since['unchanged_since_epoch'] + 1}")
+        line = (f"decoded path probability {meta['path_probability']:.3g}, {ratio:.2f}x its "
+                f"{meta['uniform_path_probability']:.3g} under a uniform beta; ")
+        if None in since.values():
+            line += ("since when the architecture is unchanged is not recorded (its "
+                     "architecture.json predates that record)")
+        else:
+            meta.update(since)
+            line += (f"unchanged over the last {epochs - since['path_unchanged_since_epoch'] + 1}"
+                     f" of {epochs} epochs: the path; the whole architecture (cell included): "
+                     f"the last {epochs - since['unchanged_since_epoch'] + 1}")
+        log(line)
     return SearchResult(arch, meta, completed=int(epoch_var) >= config.epochs,
                         global_step=global_step(), alpha=alpha, beta=beta)

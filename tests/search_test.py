@@ -330,3 +330,28 @@ def test_unchanged_since_tracks_the_architecture_and_its_path_apart():
     # Resumed from an architecture.json written before these keys existed.
     assert search_lib.unchanged_since({"unchanged_since_epoch": None}, b, b, 5) == \
         {"unchanged_since_epoch": 5, "path_unchanged_since_epoch": 5}
+
+
+@pytest.mark.parametrize("dropped", [("path_unchanged_since_epoch",),
+                                     ("unchanged_since_epoch", "path_unchanged_since_epoch")])
+def test_a_finished_search_from_before_the_settling_record_reruns_cleanly(tmp_path, full_run,
+                                                                         dropped):
+    """Re-running a finished search whose architecture.json has no settling record (written
+    by an older version) runs no step and reports what it knows instead of crashing."""
+    import shutil
+
+    full_dir, full, _ = full_run
+    model_dir = tmp_path / "old"
+    shutil.copytree(full_dir, model_dir)
+    arch_file = model_dir / "architecture.json"
+    saved = json.loads(arch_file.read_text())
+    for key in dropped:
+        del saved["metadata"][key]
+    arch_file.write_text(json.dumps(saved))
+    result, logs = run(tiny_config(model_dir))
+    assert result.completed and result.global_step == full.global_step
+    assert result.architecture == full.architecture
+    line = [line for line in logs if line.startswith("decoded path probability")]
+    assert len(line) == 1 and line[0].endswith(
+        "under a uniform beta; since when the architecture is unchanged is not recorded "
+        "(its architecture.json predates that record)"), line
