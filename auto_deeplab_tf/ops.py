@@ -9,8 +9,13 @@ Two normalisations:
   DARTS keeps the scale of each op's output fixed, so alpha alone sets the mix), computed
   separately for each of ``groups`` equal slices of the batch: the supernet stacks the
   incoming transitions of a node along the batch axis and must not mix their statistics.
-* ``norm="batch"``: a standard Keras BatchNormalization (decay 0.9997, epsilon 1e-3, as the
-  official network), for the fixed network.
+* ``norm="batch"``: Keras BatchNormalization (decay 0.9997, epsilon 1e-3, as the official
+  network), for the fixed network.
+
+Under a strategy with several replicas in sync (inside `strategy.run`), both take the
+statistics of the global batch (synchronised BN): each replica all-reduces its per-channel
+sums, so N replicas of b images normalise exactly as one device with the N * b images
+would. Outside a replica context, or with one replica, nothing is exchanged.
 """
 
 from __future__ import annotations
@@ -25,6 +30,104 @@ BN_MOMENTUM = 0.9997
 BN_EPSILON = 1e-3
 SEARCH_BN_EPSILON = 1e-5
 NORM_KINDS = ("search", "batch")
+
+
+# The statistics all-reduces of synchronised BN run with no timeout. A timed collective holds
+# a sleeping thread for the whole timeout (distribute.py), and there are a few hundred of
+# these per step, where the few timed ones around them (gradients, the loss's valid-pixel
+# count, which each step starts with) already notice a stuck peer, and TF's coordination
+# service a dead one. (Zero disables the timeout; None would take the strategy's.)
+_STATISTICS_OPTIONS = tf.distribute.experimental.CommunicationOptions(timeout_seconds=0)
+
+
+def cross_replica_context() -> tf.distribute.ReplicaContext | None:
+    """The replica context when called inside `strategy.run` of a strategy with more than
+    one replica in sync, else None (no strategy, one replica, or a cross-replica context
+    such as building the model in `strategy.scope()`)."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return None
+    return context
+
+
+def _merge_sum(x, context: tf.distribute.ReplicaContext):
+    """The untimed all-reduce sum of x over the replicas, with no gradient of its own."""
+    def batch_sum(strategy, value):
+        return strategy.extended.batch_reduce_to(
+            tf.distribute.ReduceOp.SUM, [(value, value)], options=_STATISTICS_OPTIONS)[0]
+
+    return context.merge_call(batch_sum, args=(x,))
+
+
+def cross_replica_gather(x, context: tf.distribute.ReplicaContext):
+    """[num_replicas, *x.shape]: x of every replica, in replica order (the same on every
+    replica).
+
+    Its gradient sends each replica the sum over replicas of the gradient of its own slice
+    (every replica's loss depends on every replica's x). Not `context.all_gather`'s own
+    gradient, for speed of tracing: a custom gradient searches the graph between its
+    inputs and outputs for variables, and through a cross-replica op that search walks
+    every replica's whole graph, once per BN (quadratic: minutes for a tiny supernet).
+    Behind stop_gradients the search ends at once, and the gradient is given by hand."""
+    @tf.custom_gradient
+    def gather(value):
+        def grad(dy):
+            return tf.gather(_merge_sum(dy, context), context.replica_id_in_sync_group)
+
+        gathered = context.all_gather(tf.stop_gradient(value)[None], axis=0,
+                                      options=_STATISTICS_OPTIONS)
+        return tf.stop_gradient(gathered), grad
+
+    return gather(x)
+
+
+def cross_replica_moments(x, context: tf.distribute.ReplicaContext):
+    """Per-channel mean and variance of x [G, M, C] over its axis 1 and over every replica:
+    [G, C] each.
+
+    One all-gather of each replica's count, mean and sum of squared deviations, combined
+    as Chan et al.'s parallel variance: as exact as the fused kernel's two passes (the
+    one-pass E[x^2] - E[x]^2 of Keras' synchronised BN loses the variance of nearly equal
+    values, e.g. one image per replica at a 1x1 level), for one collective per BN."""
+    count = tf.cast(tf.shape(x)[1], x.dtype)
+    mean, variance = tf.nn.moments(x, axes=[1])
+    local = tf.stack([tf.broadcast_to(count, tf.shape(mean)), mean, variance * count])
+    counts, means, squares = tf.unstack(cross_replica_gather(local, context), axis=1)
+    total = tf.reduce_sum(counts, axis=0)
+    global_mean = tf.reduce_sum(counts * means, axis=0) / total
+    deviation = tf.reduce_sum(counts * tf.square(means - global_mean), axis=0)
+    return global_mean, (tf.reduce_sum(squares, axis=0) + deviation) / total
+
+
+def _cross_replica_group_batch_norm(x, groups: int, epsilon: float,
+                                    context: tf.distribute.ReplicaContext):
+    """Affine-free BN of each of `groups` consecutive batch slices of NHWC x, with the
+    statistics of that slice on every replica."""
+    shape = shape_list(x)
+    grouped = tf.reshape(x, [groups, -1, shape[-1]])
+    mean, variance = cross_replica_moments(grouped, context)
+    y = (grouped - mean[:, None, :]) * tf.math.rsqrt(variance + epsilon)[:, None, :]
+    return tf.reshape(y, shape)
+
+
+@keras.saving.register_keras_serializable(package="auto_deeplab_tf")
+class SyncBatchNormalization(keras.layers.BatchNormalization):
+    """Keras BatchNormalization whose training statistics are those of the global batch
+    when it runs inside `strategy.run` with several replicas (`cross_replica_moments`);
+    elsewhere it is the plain layer. Same weights, so checkpoints of either load in the
+    other.
+
+    Not Keras' own `synchronized=True`: that makes three all-reduces per BN with the
+    strategy's timeout, i.e. three sleeping threads per BN and step under multi_worker."""
+
+    def _moments(self, inputs, mask):
+        context = cross_replica_context()
+        nhwc = list(self._reduction_axes) == [0, 1, 2]
+        if context is None or mask is not None or not nhwc:
+            return super()._moments(inputs, mask)
+        mean, variance = cross_replica_moments(
+            tf.reshape(inputs, [1, -1, int(inputs.shape[-1])]), context)
+        return mean[0], variance[0]
 
 
 def kernel_initializer():
@@ -108,9 +211,14 @@ def group_batch_norm(x, groups: int = 1, epsilon: float = SEARCH_BN_EPSILON,
                      gamma=None, beta=None):
     """Normalises NHWC `x` with the batch statistics of each of `groups` batch slices.
 
-    Uses the fused kernel (one op forward, one backward) on each slice.
+    Uses the fused kernel (one op forward, one backward) on each slice; inside
+    `strategy.run` with several replicas, each slice's statistics are those of that slice
+    on every replica (synchronised BN, `cross_replica_moments`).
     """
-    if groups == 1:
+    context = cross_replica_context()
+    if context is not None:
+        y = _cross_replica_group_batch_norm(x, groups, epsilon, context)
+    elif groups == 1:
         y = _fused_batch_norm(x, epsilon)
     else:
         y = tf.concat([_fused_batch_norm(part, epsilon)
@@ -125,8 +233,7 @@ def make_norm(kind: str, name: str | None = None, affine: bool = False) -> keras
     if kind == "search":
         return GroupBatchNorm(affine=affine, name=name)
     if kind == "batch":
-        return keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                                               name=name)
+        return SyncBatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
     raise ValueError(f"unknown norm '{kind}', expected one of {NORM_KINDS}")
 
 

@@ -9,9 +9,13 @@ Each optimizer owns only its own variables, so neither decay reaches the other's
 decay is added to the gradients (L2, as the paper's PyTorch-era optimizers do), not
 decoupled.
 
-Under tf.distribute every replica computes the mean loss over its own valid pixels and
-scales it (and the decay term) by 1 / num_replicas before the optimizer sums gradients
-across replicas, so the update equals the single-device one on the global batch.
+Under tf.distribute with several replicas the step is the single-device step on the global
+batch: the supernet's BNs take the statistics of the global batch (synchronised BN,
+`ops.group_batch_norm`), each replica's loss is its pixels' share of the global mean (the
+sum of its cross-entropies divided by the global count of valid pixels) and the decay term
+is scaled by 1 / num_replicas, and the optimizer sums the replicas' gradients. The
+supernet then runs without the nested function and the loop that the single-device step
+uses (TF cannot all-reduce inside them; see `_descend`).
 """
 
 from __future__ import annotations
@@ -19,18 +23,31 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from auto_deeplab_tf import ops
 from auto_deeplab_tf.metrics import ConfusionMatrix
 from auto_deeplab_tf.supernet import AutoDeepLabSupernet
 
 
-def masked_cross_entropy(labels, logits, ignore_label: int = 255):
-    """Mean softmax cross-entropy over pixels whose label is not `ignore_label`."""
+def count_valid(labels, ignore_label: int = 255):
+    """The number of pixels whose label is not `ignore_label` (float32 scalar)."""
+    return tf.reduce_sum(tf.cast(tf.not_equal(tf.cast(labels, tf.int32), ignore_label),
+                                 tf.float32))
+
+
+def masked_cross_entropy(labels, logits, ignore_label: int = 255, num_valid=None):
+    """Softmax cross-entropy summed over pixels whose label is not `ignore_label`, divided
+    by `num_valid` (default: their count here, i.e. the mean; at least 1).
+
+    Under several replicas, `num_valid` is the count over the global batch, so that the
+    replicas' results add up to the mean over the global batch."""
     labels = tf.cast(labels, tf.int32)
     valid = tf.not_equal(labels, ignore_label)
     safe = tf.where(valid, labels, tf.zeros_like(labels))
     ce = tf.nn.sparse_softmax_cross_entropy_with_logits(safe, tf.cast(logits, tf.float32))
     valid = tf.cast(valid, ce.dtype)
-    return tf.reduce_sum(ce * valid) / tf.maximum(tf.reduce_sum(valid), 1.0)
+    if num_valid is None:
+        num_valid = tf.reduce_sum(valid)
+    return tf.reduce_sum(ce * valid) / tf.maximum(num_valid, 1.0)
 
 
 class SearchModel(AutoDeepLabSupernet):
@@ -74,22 +91,41 @@ class SearchModel(AutoDeepLabSupernet):
     def search_metrics(self) -> list:
         return [self.loss_a, self.loss_b, self.confusion_a, self.confusion_b]
 
-    def _loss_and_gradients_eager(self, images, labels):
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    def _loss_and_gradients_eager(self, images, labels, num_valid):
+        """(this replica's share of the loss, logits, gradients of every trainable
+        variable); `num_valid`: the valid pixels of the global batch."""
         with tf.GradientTape() as tape:
             logits = self(images, training=True)
-            loss = masked_cross_entropy(labels, logits, self.ignore_label)
-            scaled = loss / replicas
-        return loss, logits, tape.gradient(scaled, self.trainable_variables)
+            loss = masked_cross_entropy(labels, logits, self.ignore_label, num_valid)
+        return loss, logits, tape.gradient(loss, self.trainable_variables)
 
     def _descend(self, images, labels, variables, optimizer, decay):
+        """One optimizer step on (images, labels); returns (the loss of the global batch,
+        this replica's logits)."""
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        loss, logits, all_grads = self._loss_and_gradients(images, labels)
+        num_valid = count_valid(labels, self.ignore_label)
+        context = ops.cross_replica_context()
+        if context is None:
+            loss, logits, all_grads = self._loss_and_gradients(images, labels, num_valid)
+        else:
+            # Exchanged here, outside any nested function: TF's all-reduce in a replica
+            # context (a merge_call) cannot run inside one, nor inside a loop. That is also
+            # why the synchronised BNs make this path trace the supernet inline (and the
+            # supernet unroll its loop) instead of calling the shared function.
+            # stop_gradient: nothing to differentiate, and it spares the all-reduce's
+            # custom gradient a walk through the whole graph (`ops.cross_replica_gather`).
+            num_valid = context.all_reduce(tf.distribute.ReduceOp.SUM, num_valid)
+            share, logits, all_grads = self._loss_and_gradients_eager(images, labels,
+                                                                      num_valid)
+            loss = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.stop_gradient(share))
         # Dense already from the traced loop (stacked weights); a stacked weight read
         # outside a loop would give IndexedSlices, which cannot take the decay term.
         by_id = {id(v): tf.convert_to_tensor(g)
                  for v, g in zip(self.trainable_variables, all_grads)}
-        grads = [by_id[id(v)] + (decay / replicas) * v for v in variables]
+        # stop_gradient changes no value: under several replicas the optimizer all-reduces
+        # the gradients with a custom gradient, whose tracing otherwise walks the whole
+        # step graph back from them (`ops.cross_replica_gather`), slowly.
+        grads = [tf.stop_gradient(by_id[id(v)] + (decay / replicas) * v) for v in variables]
         optimizer.apply_gradients(zip(grads, variables))
         return loss, logits
 

@@ -17,7 +17,8 @@ Choices the paper leaves open, as taken here (also in the README):
   another size; for layer 1 that is the OS-2 stem tensor. It then goes through
   ReLU -> 1x1 conv -> BN, shared by the node's transitions.
 * All BNs use batch statistics (the supernet is only trained, never deployed); those inside
-  cells and transitions are affine-free as in DARTS.
+  cells and transitions are affine-free as in DARTS. With several replicas they are
+  synchronised: the statistics of the global batch (`ops.group_batch_norm`).
 
 The Python loops over layers and nodes run once, when the call is traced; the node's
 incoming transitions run through its shared cell as one batched call. From layer
@@ -234,8 +235,11 @@ class AutoDeepLabSupernet(keras.Model):
             levels = range(self.num_levels)
             states = ([outputs[first - 2][i] for i in levels],
                       [outputs[first - 1][i] for i in levels])
-            # Layer l's transitions are weighted by beta row l - 1.
-            last = self.uniform(states, beta_weights=beta_w[first - 1:], mixing=mixing)
+            # Layer l's transitions are weighted by beta row l - 1. With several replicas
+            # the BNs all-reduce their statistics, which TF (merge_call) cannot do inside
+            # a loop body: the layers then run unrolled, on the same stacked weights.
+            last = self.uniform(states, beta_weights=beta_w[first - 1:], mixing=mixing,
+                                unroll=ops.cross_replica_context() is not None)
             outputs[self.num_layers] = dict(enumerate(last))
         last = outputs[self.num_layers]
         image_size = tf.shape(images)[1:3]
