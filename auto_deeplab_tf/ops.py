@@ -92,7 +92,10 @@ def cross_replica_moments(x, context: tf.distribute.ReplicaContext):
     count = tf.cast(tf.shape(x)[1], x.dtype)
     mean, variance = tf.nn.moments(x, axes=[1])
     local = tf.stack([tf.broadcast_to(count, tf.shape(mean)), mean, variance * count])
-    counts, means, squares = tf.unstack(cross_replica_gather(local, context), axis=1)
+    # Indexed, not unstacked: under MultiWorkerMirroredStrategy the gathered tensor has no
+    # static shape.
+    gathered = cross_replica_gather(local, context)
+    counts, means, squares = gathered[:, 0], gathered[:, 1], gathered[:, 2]
     total = tf.reduce_sum(counts, axis=0)
     global_mean = tf.reduce_sum(counts * means, axis=0) / total
     deviation = tf.reduce_sum(counts * tf.square(means - global_mean), axis=0)

@@ -41,6 +41,7 @@ import tensorflow as tf
 from auto_deeplab_tf import architecture as architecture_lib
 from auto_deeplab_tf import checkpointing
 from auto_deeplab_tf import distribute
+from auto_deeplab_tf import ops
 from auto_deeplab_tf import palette as palette_lib
 from auto_deeplab_tf import progress as progress_lib
 from auto_deeplab_tf import summaries
@@ -237,17 +238,27 @@ def load_trained_model(model_dir: str, checkpoint_path: str | None = None
     return model, model_config, path
 
 
-def masked_cross_entropy(labels: tf.Tensor, logits: tf.Tensor, num_classes: int,
-                         ignore_label: int) -> tf.Tensor:
-    """Mean pixel cross-entropy over the pixels whose label is a class (0 if there are none)."""
+def _class_pixels(labels: tf.Tensor, num_classes: int, ignore_label: int) -> tf.Tensor:
     labels = tf.cast(labels, tf.int32)
-    valid = tf.logical_and(tf.not_equal(labels, ignore_label),
-                           tf.logical_and(labels >= 0, labels < num_classes))
-    safe = tf.where(valid, labels, tf.zeros_like(labels))
+    return tf.logical_and(tf.not_equal(labels, ignore_label),
+                          tf.logical_and(labels >= 0, labels < num_classes))
+
+
+def masked_cross_entropy(labels: tf.Tensor, logits: tf.Tensor, num_classes: int,
+                         ignore_label: int, num_valid: tf.Tensor | None = None) -> tf.Tensor:
+    """Pixel cross-entropy summed over the pixels whose label is a class, divided by
+    `num_valid` (default: their count here, i.e. the mean; 0 if there are none).
+
+    Under several replicas `num_valid` is the count over the global batch, so that the
+    replicas' results add up to the mean over the global batch."""
+    valid = _class_pixels(labels, num_classes, ignore_label)
+    safe = tf.where(valid, tf.cast(labels, tf.int32), tf.zeros_like(labels, tf.int32))
     losses = tf.nn.sparse_softmax_cross_entropy_with_logits(
         labels=safe, logits=tf.cast(logits, tf.float32))
     weights = tf.cast(valid, tf.float32)
-    return tf.reduce_sum(losses * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
+    if num_valid is None:
+        num_valid = tf.reduce_sum(weights)
+    return tf.reduce_sum(losses * weights) / tf.maximum(num_valid, 1.0)
 
 
 def decayed_variables(model: keras.Model) -> list:
@@ -293,22 +304,32 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
                     weight_decay: float, train_steps: int, jit_compile: bool = False
                     ) -> Callable:
     """A traced function running one training step on a distributed (images, labels) batch;
-    returns (cross-entropy, weight decay loss), each the mean over replicas."""
+    returns (cross-entropy, weight decay loss) of the global batch.
+
+    With several replicas it is the single-device step on the global batch: the BNs take
+    the global batch's statistics (`ops.SyncBatchNormalization`), and each replica's
+    cross-entropy is its pixels' share of the global mean (divided by the global count of
+    valid pixels), so the gradients the optimizer sums over replicas are the global ones."""
     num_replicas = strategy.num_replicas_in_sync
     decayed = decayed_variables(model)
     trainable = model.trainable_variables
 
     def replica_step(images, labels):
         progress = tf.minimum(1.0, tf.cast(optimizer.iterations, tf.float32) / train_steps)
+        num_valid = tf.reduce_sum(tf.cast(_class_pixels(labels, num_classes, ignore_label),
+                                          tf.float32))
+        context = ops.cross_replica_context()
+        if context is not None:
+            num_valid = context.all_reduce(tf.distribute.ReduceOp.SUM, num_valid)
         with tf.GradientTape() as tape:
             logits = model(images, training=True, drop_path_progress=progress)
-            ce = masked_cross_entropy(labels, logits, num_classes, ignore_label)
-            l2 = weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in decayed])
-            # Gradients are summed over replicas: scale each replica's share.
-            loss = (ce + l2) / num_replicas
+            ce = masked_cross_entropy(labels, logits, num_classes, ignore_label, num_valid)
+            # The decay term is the same on every replica and summed with the gradients.
+            l2 = weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in decayed]) / num_replicas
+            loss = ce + l2
         grads = tape.gradient(loss, trainable)
         optimizer.apply_gradients(zip(grads, trainable))
-        return tf.stack([ce, l2]) / num_replicas
+        return tf.stack([ce, l2])
 
     @tf.function(jit_compile=jit_compile)
     def train_step(batch):

@@ -53,6 +53,13 @@ _RESUME_KEYS = ("dataset", "filter_multiplier", "num_layers", "num_blocks", "num
                 "loop_uniform_layers", "batch_size", "crop_size", "scale", "seed", "epochs",
                 "steps_per_epoch", "weight_optimizer")
 
+# Stamped into search_config.json. Raise it when a checkpoint written before a change would
+# resume differently from a run started after it. 2: the fidelity fixes of issue #11 (the
+# multi-replica step made the single-device step on the global batch; alpha, beta and the
+# head's kernels drawn independently). Configs without it are version 1.
+SEARCH_VERSION = 2
+_VERSION_KEY = "search_version"
+
 # The paper's SGD, or Adam: on small data SGD at the paper's rate can sit on the
 # background-only plateau for longer than a short search lasts (README, "The demo search").
 WEIGHT_OPTIMIZERS = ("sgd", "adam")
@@ -130,9 +137,20 @@ class SearchResult:
     beta: np.ndarray | None = None
 
 
+def _unfinished_checkpoint(model_dir: str, epochs: int) -> str | None:
+    """The latest checkpoint of MODEL_DIR if it stops before `epochs` epochs, else None."""
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_SUBDIR))
+    if latest is None:
+        return None
+    reader = tf.train.load_checkpoint(latest)
+    return latest if int(reader.get_tensor("epoch/.ATTRIBUTES/VARIABLE_VALUE")) < epochs \
+        else None
+
+
 def _check_resume_config(config: SearchConfig, model_dir: str, write: bool = True) -> None:
     path = os.path.join(model_dir, CONFIG_FILENAME)
     current = dataclasses.asdict(config)
+    current[_VERSION_KEY] = SEARCH_VERSION
     if tf.io.gfile.exists(path):
         with tf.io.gfile.GFile(path) as f:
             saved = json.load(f)
@@ -142,6 +160,17 @@ def _check_resume_config(config: SearchConfig, model_dir: str, write: bool = Tru
                     f"{path}: this run has --{key}={current[key]} but {model_dir} holds a "
                     f"search with --{key}={saved[key]}; resume with the same settings or use "
                     "another --model_dir")
+        version = saved.get(_VERSION_KEY, 1)
+        # A finished search only reports its result again, which is safe to do.
+        unfinished = _unfinished_checkpoint(model_dir, config.epochs) \
+            if version != SEARCH_VERSION else None
+        if unfinished is not None:
+            raise ValueError(
+                f"{unfinished}: this unfinished search was started by another version of "
+                f"the search ({_VERSION_KEY} {version} in {path}, this code is "
+                f"{SEARCH_VERSION}), whose steps differ from this one's; resuming would mix "
+                "the two. Start a new --model_dir, or finish it with the version that "
+                "started it")
     if not write:
         return
     tmp = f"{path}.tmp"
@@ -343,11 +372,14 @@ def _search_loop(config, model, strategy, checkpoint, epoch_var, step_var, check
                 f"{[list(map(list, b)) for b in arch.cell]} (path probability "
                 f"{meta['path_probability']:.3g})")
         previous_arch = arch
-        values = {"epoch/loss_a": model.loss_a.result(), "epoch/loss_b": model.loss_b.result(),
+        values = {"epoch/loss_a": model.loss_a.result(),
                   "epoch/miou_a": metrics_lib.mean_iou(model.confusion_a.matrix),
                   "epoch/pixel_accuracy_a": metrics_lib.pixel_accuracy(model.confusion_a.matrix),
                   "epoch/path_probability": meta["path_probability"]}
+        # Before arch_start_epoch trainB is not used: logging its zeros would draw a
+        # false curve.
         if epoch >= config.arch_start_epoch:
+            values["epoch/loss_b"] = model.loss_b.result()
             values["epoch/miou_b"] = metrics_lib.mean_iou(model.confusion_b.matrix)
             values["epoch/pixel_accuracy_b"] = metrics_lib.pixel_accuracy(
                 model.confusion_b.matrix)
@@ -400,9 +432,11 @@ def _search_loop(config, model, strategy, checkpoint, epoch_var, step_var, check
                 log(f"epoch {epoch + 1}/{config.epochs} step {int(step_var)}/{steps_per_epoch}"
                     f" | loss A {loss_a:.4f}" + (f" B {loss_b:.4f}" if update_arch else "")
                     + f" | lr {lr:.5f} | {meter.summary()}")
-                writer.scalars(gs, {"train/loss_a": loss_a, "train/loss_b": loss_b,
-                                    "train/weight_lr": lr, "train/arch_lr": config.arch_lr,
-                                    "train/steps_per_second": meter.rate})
+                scalars = {"train/loss_a": loss_a, "train/weight_lr": lr,
+                           "train/steps_per_second": meter.rate}
+                if update_arch:
+                    scalars.update({"train/loss_b": loss_b, "train/arch_lr": config.arch_lr})
+                writer.scalars(gs, scalars)
             if config.max_steps is not None and gs >= config.max_steps:
                 stopped = True
                 break

@@ -144,12 +144,17 @@ def test_search_writes_architectures_checkpoints_and_tensorboard(full_run):
             f"included): the last {3 - since}") in logs
     events = [f for f in os.listdir(tmp_path) if f.startswith("events.out.tfevents")]
     assert events
-    tags = set()
+    steps_of = {}
     for event in tf.compat.v1.train.summary_iterator(str(tmp_path / events[0])):
         for value in event.summary.value:
-            tags.add(value.tag)
+            steps_of.setdefault(value.tag, set()).add(event.step)
     assert {"train/loss_a", "epoch/miou_a", "epoch/miou_b", "architecture/softmax_alpha",
-            "architecture/beta_trellis", "architecture/genotype"} <= tags
+            "architecture/beta_trellis", "architecture/genotype"} <= steps_of.keys()
+    # trainB is used from epoch 2 on (arch_start_epoch=1, global steps 4-6): nothing is
+    # logged about it before, where a 0 would draw a false curve (issue #11).
+    assert min(steps_of["train/loss_a"]) <= 3 and min(steps_of["epoch/loss_a"]) == 3
+    for tag in ("train/loss_b", "epoch/loss_b", "epoch/miou_b", "epoch/pixel_accuracy_b"):
+        assert min(steps_of[tag]) > 3, tag
     assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("-6")
 
 
@@ -294,6 +299,26 @@ def test_a_checkpoint_of_another_weight_layout_is_refused_with_its_path(tmp_path
     assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")) == latest
 
 
+def test_an_unfinished_search_of_an_earlier_version_is_refused(tmp_path):
+    """Issue #11: a checkpoint written before the fidelity fixes (its search_config.json has
+    no search_version) must not resume silently under the new semantics."""
+    run(tiny_config(tmp_path, max_steps=2, arch_start_epoch=5))
+    config_path = tmp_path / search_lib.CONFIG_FILENAME
+    saved = json.loads(config_path.read_text())
+    assert saved["search_version"] == search_lib.SEARCH_VERSION == 2
+    del saved["search_version"]
+    config_path.write_text(json.dumps(saved))
+    latest = tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
+    with pytest.raises(ValueError) as e:
+        run(tiny_config(tmp_path, arch_start_epoch=5))
+    assert str(e.value) == (
+        f"{latest}: this unfinished search was started by another version of the search "
+        f"(search_version 1 in {config_path}, this code is 2), whose steps differ from this "
+        "one's; resuming would mix the two. Start a new --model_dir, or finish it with the "
+        "version that started it")
+    assert json.loads(config_path.read_text()) == saved  # left as it was
+
+
 def test_resume_with_the_other_loop_setting_is_refused(tmp_path):
     run(tiny_config(tmp_path, max_steps=1, arch_start_epoch=5, **LOOPED))
     with pytest.raises(ValueError) as e:
@@ -373,6 +398,11 @@ def test_a_finished_search_from_before_the_settling_record_reruns_cleanly(tmp_pa
     for key in dropped:
         del saved["metadata"][key]
     arch_file.write_text(json.dumps(saved))
+    # Older still: no search_version either. Finished, so it reports rather than resumes.
+    config_path = model_dir / search_lib.CONFIG_FILENAME
+    config = json.loads(config_path.read_text())
+    del config["search_version"]
+    config_path.write_text(json.dumps(config))
     result, logs = run(tiny_config(model_dir))
     assert result.completed and result.global_step == full.global_step
     assert result.architecture == full.architecture
