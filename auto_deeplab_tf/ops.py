@@ -40,14 +40,27 @@ NORM_KINDS = ("search", "batch")
 _STATISTICS_OPTIONS = tf.distribute.experimental.CommunicationOptions(timeout_seconds=0)
 
 
-def cross_replica_context() -> tf.distribute.ReplicaContext | None:
+def cross_replica_context(multi_worker: bool = True) -> tf.distribute.ReplicaContext | None:
     """The replica context when called inside `strategy.run` of a strategy with more than
     one replica in sync, else None (no strategy, one replica, or a cross-replica context
-    such as building the model in `strategy.scope()`)."""
+    such as building the model in `strategy.scope()`). With `multi_worker=False`, also None
+    under MultiWorkerMirroredStrategy."""
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync == 1:
         return None
+    if not multi_worker and isinstance(context.strategy,
+                                       tf.distribute.MultiWorkerMirroredStrategy):
+        return None
     return context
+
+
+def search_bn_context() -> tf.distribute.ReplicaContext | None:
+    """The replica context in which the search supernet's BNs synchronise their statistics:
+    several replicas of one process (MirroredStrategy). Not under MultiWorkerMirroredStrategy:
+    there the supernet's few hundred statistics exchanges per step deadlocked 2 CPU workers
+    in the first step (while the retrained network's, fewer and outside a bilevel step, run),
+    so a multi-worker search keeps per-replica statistics (README, "Several GPUs")."""
+    return cross_replica_context(multi_worker=False)
 
 
 def _merge_sum(x, context: tf.distribute.ReplicaContext):
@@ -218,7 +231,7 @@ def group_batch_norm(x, groups: int = 1, epsilon: float = SEARCH_BN_EPSILON,
     `strategy.run` with several replicas, each slice's statistics are those of that slice
     on every replica (synchronised BN, `cross_replica_moments`).
     """
-    context = cross_replica_context()
+    context = search_bn_context()
     if context is not None:
         y = _cross_replica_group_batch_norm(x, groups, epsilon, context)
     elif groups == 1:

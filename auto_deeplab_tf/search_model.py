@@ -115,8 +115,12 @@ class SearchModel(AutoDeepLabSupernet):
             # stop_gradient: nothing to differentiate, and it spares the all-reduce's
             # custom gradient a walk through the whole graph (`ops.cross_replica_gather`).
             num_valid = context.all_reduce(tf.distribute.ReduceOp.SUM, num_valid)
-            share, logits, all_grads = self._loss_and_gradients_eager(images, labels,
-                                                                      num_valid)
+            if ops.search_bn_context() is None:  # multi-worker: per-replica BN statistics
+                share, logits, all_grads = self._loss_and_gradients(images, labels,
+                                                                    num_valid)
+            else:
+                share, logits, all_grads = self._loss_and_gradients_eager(images, labels,
+                                                                          num_valid)
             loss = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.stop_gradient(share))
         # Dense already from the traced loop (stacked weights); a stacked weight read
         # outside a loop would give IndexedSlices, which cannot take the decay term.

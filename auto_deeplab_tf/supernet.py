@@ -239,7 +239,7 @@ class AutoDeepLabSupernet(keras.Model):
             # the BNs all-reduce their statistics, which TF (merge_call) cannot do inside
             # a loop body: the layers then run unrolled, on the same stacked weights.
             last = self.uniform(states, beta_weights=beta_w[first - 1:], mixing=mixing,
-                                unroll=ops.cross_replica_context() is not None)
+                                unroll=ops.search_bn_context() is not None)
             outputs[self.num_layers] = dict(enumerate(last))
         last = outputs[self.num_layers]
         image_size = tf.shape(images)[1:3]
