@@ -11,14 +11,11 @@ Counting conventions are described in auto_deeplab_tf/model_stats.py.
 from __future__ import annotations
 
 import json
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
-
-from auto_deeplab_tf import model_stats  # noqa: E402
+from auto_deeplab_tf import model_stats
 
 FLAGS = flags.FLAGS
 
