@@ -6,6 +6,7 @@ import os
 import sys
 from typing import Callable, NoReturn
 
+from absl import app
 from absl import flags
 
 from auto_deeplab_tf import distribute
@@ -29,6 +30,24 @@ def main_from(run: Callable[[], int]) -> Callable[[list], int]:
             return 1
 
     return main
+
+
+def run_command(main: Callable[[list], int], module_name: str) -> NoReturn:
+    """Runs a script's absl `main` (parsing the command line), from `python -m train.<name>`
+    or from its installed command (`auto-deeplab-<name>`, setup.cfg's console_scripts).
+
+    absl's --help shows the docstring of `__main__` and the flags of the module named by
+    sys.argv[0]. For an installed command both are the launcher pip wrote, which has neither,
+    so the script module's docstring and key flags are lent to it first.
+    """
+    script = sys.modules[module_name]
+    launcher = sys.modules["__main__"]
+    if launcher is not script:
+        if not launcher.__doc__:
+            launcher.__doc__ = script.__doc__
+        for flag in flags.FLAGS.get_key_flags_for_module(module_name):
+            flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+    app.run(main)
 
 
 def distribute_flags(strategy_help: str) -> list:

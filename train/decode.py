@@ -22,6 +22,7 @@ from auto_deeplab_tf import checkpointing
 from auto_deeplab_tf import common
 from auto_deeplab_tf import decoding
 from auto_deeplab_tf import search as search_lib
+from train import cli
 
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint_path", None, "Search checkpoint prefix, or a directory holding search "
@@ -70,5 +71,10 @@ def main(argv):
     return 0
 
 
+def console_main() -> None:
+    """`auto-deeplab-decode`: the command setup.cfg installs for this script."""
+    cli.run_command(main, __name__)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    console_main()

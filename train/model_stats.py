@@ -16,6 +16,7 @@ import sys
 from absl import app, flags
 
 from auto_deeplab_tf import model_stats
+from train import cli
 
 FLAGS = flags.FLAGS
 
@@ -108,5 +109,10 @@ def main(argv):
     sys.stdout.flush()
 
 
+def console_main() -> None:
+    """`auto-deeplab-model-stats`: the command setup.cfg installs for this script."""
+    cli.run_command(main, __name__)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    console_main()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import sys
 
 import tensorflow as tf
-from absl import app
 from absl import flags
 
 from auto_deeplab_tf import allocator
@@ -143,5 +142,10 @@ def main(argv):
     return 0
 
 
+def console_main() -> None:
+    """`auto-deeplab-retrain`: the command setup.cfg installs for this script."""
+    cli.run_command(main, __name__)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    console_main()

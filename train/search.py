@@ -135,5 +135,10 @@ def main(argv):
     return 0
 
 
+def console_main() -> None:
+    """`auto-deeplab-search`: the command setup.cfg installs for this script."""
+    cli.run_command(main, __name__)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    console_main()
