@@ -13,15 +13,29 @@ from auto_deeplab_tf import distribute
 from auto_deeplab_tf import script_hygiene
 
 
+# The exit status for a command line with positional arguments (a usage error, as argparse's).
+STRAY_ARGUMENTS_EXIT_CODE = 2
+
+
+def refuses_stray_arguments(argv: list) -> bool:
+    """Whether absl left positional arguments in `argv[1:]`, which no script takes (a
+    forgotten `--flag=` or a stray word would otherwise be ignored silently); if so, names
+    them on stderr as `error: unexpected arguments [...]`. Every script's main starts with
+    `if cli.refuses_stray_arguments(argv): return cli.STRAY_ARGUMENTS_EXIT_CODE`."""
+    if len(argv) <= 1:
+        return False
+    print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
+    return True
+
+
 def main_from(run: Callable[[], int]) -> Callable[[list], int]:
-    """An absl `main` that rejects stray arguments, hides TensorFlow's info log lines
+    """An absl `main` that rejects stray arguments (refuses_stray_arguments), hides TensorFlow's info log lines
     (`script_hygiene.quiet_info_logs`) and turns the library's ValueError /
     FileNotFoundError (whose messages name the flag or file) into `error: ...`, exit 1."""
 
     def main(argv: list) -> int:
-        if len(argv) > 1:
-            print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
-            return 2
+        if refuses_stray_arguments(argv):
+            return STRAY_ARGUMENTS_EXIT_CODE
         script_hygiene.quiet_info_logs()
         try:
             return run()

@@ -51,7 +51,8 @@ def _checkpoint_spelling() -> str:
 
 
 def main(argv):
-    del argv
+    if cli.refuses_stray_arguments(argv):
+        return cli.STRAY_ARGUMENTS_EXIT_CODE
     if not _CHECKPOINT.value:
         raise app.UsageError(
             "--checkpoint_path is required (a search checkpoint or its directory)")

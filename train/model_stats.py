@@ -83,8 +83,8 @@ def _model_size_not_supernet(values):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if cli.refuses_stray_arguments(argv):
+        return cli.STRAY_ARGUMENTS_EXIT_CODE
     image_size = parse_image_size(FLAGS.image_size)
     if FLAGS.supernet:
         stats = model_stats.supernet_stats(

@@ -120,9 +120,8 @@ def config_from_flags() -> retrain_lib.RetrainConfig:
 
 
 def main(argv):
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
-        return 2
+    if cli.refuses_stray_arguments(argv):
+        return cli.STRAY_ARGUMENTS_EXIT_CODE
     allocator.limit_malloc_arenas()
     script_hygiene.quiet_info_logs()  # e.g. "Sharding callback duration" at each checkpoint
     try:
