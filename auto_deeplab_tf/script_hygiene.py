@@ -1,6 +1,6 @@
 """What every script does so that a run prints only its own lines and a failed run leaves
-nothing half-made behind: TensorFlow's info log lines hidden, and output folders that the
-failed run itself created removed again (never one that existed before).
+nothing half-made behind: TensorFlow's start-up and info log lines hidden, and output folders
+that the failed run itself created removed again (never one that existed before).
 """
 
 from __future__ import annotations
@@ -8,7 +8,56 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
+import sys
+import tempfile
 from typing import Iterator, Sequence
+
+# TensorFlow's C++ log threshold when the user has not chosen one: 3 hides INFO, WARNING and
+# ERROR lines. ERROR is needed for "failed call to cuInit: ... CUDA error" on a machine without
+# a GPU; errors that matter reach Python as exceptions. TF_CPP_MIN_LOG_LEVEL=0 shows them all.
+DEFAULT_TF_CPP_MIN_LOG_LEVEL = "3"
+
+# Lines TensorFlow's shared libraries log while they load, before they read
+# TF_CPP_MIN_LOG_LEVEL (absl logging is not initialised yet, so no environment variable
+# reaches them): the oneDNN notice and the CUDA stub's "Could not find cuda drivers".
+_LOAD_TIME_LINE = re.compile(
+    r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|I\d{4} [\d:.]+ +\d+ (port\.cc|cudart_stub\.cc):\d+\] ")
+
+
+def import_tensorflow_quietly() -> None:
+    """Imports TensorFlow without its C++ start-up lines, unless the user asked for them.
+
+    Sets TF_CPP_MIN_LOG_LEVEL to DEFAULT_TF_CPP_MIN_LOG_LEVEL unless it is set, then imports
+    TensorFlow with file descriptor 2 captured and writes back every line except the known
+    load-time notices (_LOAD_TIME_LINE). Does nothing more when TensorFlow is already imported
+    or TF_CPP_MIN_LOG_LEVEL is 0; falls back to a plain import when stderr has no descriptor.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", DEFAULT_TF_CPP_MIN_LOG_LEVEL)
+    if "tensorflow" in sys.modules or os.environ["TF_CPP_MIN_LOG_LEVEL"] in ("", "0"):
+        import tensorflow  # noqa: F401
+        return
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr descriptor: nothing to filter
+        import tensorflow  # noqa: F401
+        return
+    with tempfile.TemporaryFile() as captured:
+        sys.stderr.flush()
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
+            kept = "".join(line for line in lines if not _LOAD_TIME_LINE.match(line))
+            if kept:
+                sys.stderr.write(kept)
+                sys.stderr.flush()
 
 
 def quiet_info_logs() -> None:

@@ -17,5 +17,7 @@ if [ ! -f "$STAMP" ]; then
   touch "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"
-export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+# 3 hides TensorFlow's C++ INFO, WARNING and ERROR lines, among them "failed call to cuInit"
+# on a machine without a GPU (harmless: TensorFlow runs on the CPU); as the train/ scripts do.
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-3}"
 cd "$ROOT"

@@ -46,3 +46,34 @@ def test_decode_fails_clearly_on_a_missing_checkpoint(tmp_path):
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 1
     assert f"error: --checkpoint={tmp_path}: {tmp_path}: no checkpoint found" in result.stderr
+
+
+def test_decode_takes_checkpoint_path_like_evaluate_and_export(tmp_path):
+    m = AutoDeepLabSupernet(3, filter_multiplier=2, num_blocks=3, num_layers=4)
+    m.build((None, None, None, 3))
+    m.alpha.assign(tf.random.normal(m.alpha.shape, seed=6))
+    m.beta.assign(tf.random.normal(m.beta.shape, seed=7))
+    ckpt = tf.train.Checkpoint(model=checkpointing.VariableBundle(m.variables))
+    ckpt.save(str(tmp_path / "ckpt" / "ckpt"))
+    out = tmp_path / "arch.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "train.decode", f"--checkpoint_path={tmp_path / 'ckpt'}",
+         f"--output={out}"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    expected, _ = decoding.decode_architecture(m.alpha.numpy(), m.beta.numpy())
+    written = json.loads(out.read_text())
+    assert written["cell"] == [[list(p) for p in block] for block in expected.cell]
+    assert written["path"] == list(expected.path)
+    assert written["metadata"]["checkpoint"] == str(tmp_path / "ckpt")
+
+
+def test_decode_names_the_checkpoint_flag_as_spelled(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "train.decode", f"--checkpoint_path={tmp_path}"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert f"error: --checkpoint_path={tmp_path}: {tmp_path}: no checkpoint found" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "train.decode"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "--checkpoint_path is required" in result.stderr

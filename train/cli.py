@@ -6,21 +6,36 @@ import os
 import sys
 from typing import Callable, NoReturn
 
+from absl import app
 from absl import flags
 
 from auto_deeplab_tf import distribute
 from auto_deeplab_tf import script_hygiene
 
 
+# The exit status for a command line with positional arguments (a usage error, as argparse's).
+STRAY_ARGUMENTS_EXIT_CODE = 2
+
+
+def refuses_stray_arguments(argv: list) -> bool:
+    """Whether absl left positional arguments in `argv[1:]`, which no script takes (a
+    forgotten `--flag=` or a stray word would otherwise be ignored silently); if so, names
+    them on stderr as `error: unexpected arguments [...]`. Every script's main starts with
+    `if cli.refuses_stray_arguments(argv): return cli.STRAY_ARGUMENTS_EXIT_CODE`."""
+    if len(argv) <= 1:
+        return False
+    print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
+    return True
+
+
 def main_from(run: Callable[[], int]) -> Callable[[list], int]:
-    """An absl `main` that rejects stray arguments, hides TensorFlow's info log lines
+    """An absl `main` that rejects stray arguments (refuses_stray_arguments), hides TensorFlow's info log lines
     (`script_hygiene.quiet_info_logs`) and turns the library's ValueError /
     FileNotFoundError (whose messages name the flag or file) into `error: ...`, exit 1."""
 
     def main(argv: list) -> int:
-        if len(argv) > 1:
-            print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
-            return 2
+        if refuses_stray_arguments(argv):
+            return STRAY_ARGUMENTS_EXIT_CODE
         script_hygiene.quiet_info_logs()
         try:
             return run()
@@ -29,6 +44,24 @@ def main_from(run: Callable[[], int]) -> Callable[[list], int]:
             return 1
 
     return main
+
+
+def run_command(main: Callable[[list], int], module_name: str) -> NoReturn:
+    """Runs a script's absl `main` (parsing the command line), from `python -m train.<name>`
+    or from its installed command (`auto-deeplab-<name>`, setup.cfg's console_scripts).
+
+    absl's --help shows the docstring of `__main__` and the flags of the module named by
+    sys.argv[0]. For an installed command both are the launcher pip wrote, which has neither,
+    so the script module's docstring and key flags are lent to it first.
+    """
+    script = sys.modules[module_name]
+    launcher = sys.modules["__main__"]
+    if launcher is not script:
+        if not launcher.__doc__:
+            launcher.__doc__ = script.__doc__
+        for flag in flags.FLAGS.get_key_flags_for_module(module_name):
+            flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+    app.run(main)
 
 
 def distribute_flags(strategy_help: str) -> list:

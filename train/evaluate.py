@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import time
 
-from absl import app
 from absl import flags
 
 from train import cli
@@ -130,5 +129,10 @@ def run(log=print) -> int:
 main = cli.main_from(run)
 
 
+def console_main() -> None:
+    """`auto-deeplab-evaluate`: the command setup.cfg installs for this script."""
+    cli.run_command(main, __name__)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    console_main()

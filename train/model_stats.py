@@ -11,14 +11,12 @@ Counting conventions are described in auto_deeplab_tf/model_stats.py.
 from __future__ import annotations
 
 import json
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
-
-from auto_deeplab_tf import model_stats  # noqa: E402
+from auto_deeplab_tf import model_stats
+from train import cli
 
 FLAGS = flags.FLAGS
 
@@ -85,8 +83,8 @@ def _model_size_not_supernet(values):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if cli.refuses_stray_arguments(argv):
+        return cli.STRAY_ARGUMENTS_EXIT_CODE
     image_size = parse_image_size(FLAGS.image_size)
     if FLAGS.supernet:
         stats = model_stats.supernet_stats(
@@ -111,5 +109,10 @@ def main(argv):
     sys.stdout.flush()
 
 
+def console_main() -> None:
+    """`auto-deeplab-model-stats`: the command setup.cfg installs for this script."""
+    cli.run_command(main, __name__)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    console_main()

@@ -23,7 +23,6 @@ from __future__ import annotations
 import glob
 import os
 
-from absl import app
 from absl import flags
 
 from train import cli
@@ -172,5 +171,10 @@ def run(log=print) -> int:
 main = cli.main_from(run)
 
 
+def console_main() -> None:
+    """`auto-deeplab-predict`: the command setup.cfg installs for this script."""
+    cli.run_command(main, __name__)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    console_main()

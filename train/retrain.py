@@ -17,7 +17,6 @@ from __future__ import annotations
 import sys
 
 import tensorflow as tf
-from absl import app
 from absl import flags
 
 from auto_deeplab_tf import allocator
@@ -121,9 +120,8 @@ def config_from_flags() -> retrain_lib.RetrainConfig:
 
 
 def main(argv):
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
-        return 2
+    if cli.refuses_stray_arguments(argv):
+        return cli.STRAY_ARGUMENTS_EXIT_CODE
     allocator.limit_malloc_arenas()
     script_hygiene.quiet_info_logs()  # e.g. "Sharding callback duration" at each checkpoint
     try:
@@ -143,5 +141,10 @@ def main(argv):
     return 0
 
 
+def console_main() -> None:
+    """`auto-deeplab-retrain`: the command setup.cfg installs for this script."""
+    cli.run_command(main, __name__)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    console_main()

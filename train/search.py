@@ -115,7 +115,8 @@ def config_from_flags() -> search_lib.SearchConfig:
 
 
 def main(argv):
-    del argv
+    if cli.refuses_stray_arguments(argv):
+        return cli.STRAY_ARGUMENTS_EXIT_CODE
     allocator.limit_malloc_arenas()
     script_hygiene.quiet_info_logs()  # e.g. "Sharding callback duration" at each checkpoint
     config = config_from_flags()
@@ -135,5 +136,10 @@ def main(argv):
     return 0
 
 
+def console_main() -> None:
+    """`auto-deeplab-search`: the command setup.cfg installs for this script."""
+    cli.run_command(main, __name__)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    console_main()
