@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from auto_deeplab_tf import common
+from auto_deeplab_tf.normalization import normalize_image
 from datasets import registry, tfrecord_io
 from datasets.registry import DatasetDescriptor
 
@@ -40,11 +41,6 @@ def convert_hint(dataset_name: str) -> str:
     section = README_SECTIONS.get(dataset_name)
     where = f", subsection '{section}'," if section else ""
     return f"the README's 'Data' section{where} says how to convert a download"
-
-
-def normalize_image(image: tf.Tensor) -> tf.Tensor:
-    """Maps pixel values 0..255 (uint8 or float) to float32 in [-1, 1]."""
-    return tf.cast(image, tf.float32) / 127.5 - 1.0
 
 
 def split_files(descriptor: DatasetDescriptor, data_dir: str, split: str) -> list[str]:
