@@ -23,6 +23,22 @@ from auto_deeplab_tf import metrics as metrics_lib
 EVAL_SUBDIR = "eval"
 
 
+def parse_eval_scales(values: Sequence[str]) -> list[float]:
+    """The --eval_scales flag's strings as positive floats (train.evaluate, train.export).
+
+    Raises:
+      ValueError: a value is not a number, none is given, or one is not positive; the message
+        names the flag.
+    """
+    try:
+        scales = [float(s) for s in values]
+    except ValueError:
+        raise ValueError(f"--eval_scales must be numbers, got {','.join(values)}") from None
+    if not scales or min(scales) <= 0:
+        raise ValueError(f"--eval_scales must be positive, got {','.join(values)}")
+    return scales
+
+
 def predict_probabilities(model: keras.Model, images: tf.Tensor,
                           scales: Sequence[float] = (1.0,), add_flipped_images: bool = False
                           ) -> tf.Tensor:
