@@ -9,8 +9,6 @@ per-class IoU, the mIoU and the pixel accuracy.
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from typing import Callable, Iterable, Sequence
 
@@ -150,14 +148,6 @@ def format_table(result: dict) -> str:
     lines.append(f"{'mIoU':<{width}}  {100 * result['miou']:7.2f}")
     lines.append(f"{'pixel accuracy':<{width}}  {100 * result['pixel_accuracy']:7.2f}")
     return "\n".join(lines)
-
-
-def write_json(path: str, payload: dict) -> None:
-    tf.io.gfile.makedirs(os.path.dirname(path) or ".")
-    tmp = f"{path}.tmp"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        json.dump(payload, f, indent=2)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 def write_summaries(log_dir: str, step: int, result: dict, split: str) -> None:

@@ -39,6 +39,7 @@ import numpy as np
 import tensorflow as tf
 
 from auto_deeplab_tf import architecture as architecture_lib
+from auto_deeplab_tf import atomic_write
 from auto_deeplab_tf import checkpointing
 from auto_deeplab_tf import distribute
 from auto_deeplab_tf import ops
@@ -293,10 +294,7 @@ def _check_resume_config(config_dict: dict, model_dir: str, write: bool = True) 
                 "the same settings or use another --model_dir")
     if not write:
         return
-    tmp = f"{path}.tmp"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        json.dump(config_dict, f, indent=2)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    atomic_write.write_json(path, config_dict)
 
 
 def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,

@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
+from auto_deeplab_tf import atomic_write
 from auto_deeplab_tf import common
 from auto_deeplab_tf.normalization import normalize_image
 from datasets import registry, tfrecord_io
@@ -109,13 +110,6 @@ def resolve_data_dir(dataset_name: str, data_dir: str | None) -> str:
 # The A/B split of the search.
 
 
-def _write_json_atomically(path: str, payload: dict) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(json.dumps(payload, indent=1))
-    tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
 def search_split(descriptor: DatasetDescriptor, data_dir: str, model_dir: str, seed: int,
                  *, split: str = "train", write: bool = True) -> tuple[list[str], list[str]]:
     """The disjoint halves (trainA, trainB) of `split`, as sorted example names.
@@ -160,8 +154,8 @@ def search_split(descriptor: DatasetDescriptor, data_dir: str, model_dir: str, s
     if not write:
         return train_a, train_b
     tf.io.gfile.makedirs(model_dir)
-    _write_json_atomically(path, {"dataset": descriptor.name, "split": split, "seed": seed,
-                                  "train_a": train_a, "train_b": train_b})
+    atomic_write.write_json(path, {"dataset": descriptor.name, "split": split, "seed": seed,
+                                  "train_a": train_a, "train_b": train_b}, indent=1)
     return train_a, train_b
 
 

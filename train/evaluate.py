@@ -49,6 +49,7 @@ _INTERVAL = flags.DEFINE_float("eval_interval_secs", 10.0, "With --continuous: l
 def run(log=print) -> int:
     import tensorflow as tf
 
+    from auto_deeplab_tf import atomic_write
     from auto_deeplab_tf import evaluation
     from auto_deeplab_tf import retrain as retrain_lib
     from datasets import input_pipeline, registry
@@ -83,7 +84,7 @@ def run(log=print) -> int:
         result.update(eval_scales=scales, add_flipped_images=_FLIP.value,
                       checkpoint=checkpoint_path, global_step=step)
         log(evaluation.format_table(result))
-        evaluation.write_json(output_json, result)
+        atomic_write.write_json(output_json, result)
         evaluation.write_summaries(os.path.join(model_dir, evaluation.EVAL_SUBDIR), step,
                                    result, split)
         log(f"{count} images in {time.perf_counter() - start:.1f} s; mIoU "
