@@ -38,7 +38,6 @@ import tensorflow as tf
 from auto_deeplab_tf import checkpointing
 from auto_deeplab_tf import evaluation
 from auto_deeplab_tf.normalization import normalize_image
-from auto_deeplab_tf import retrain as retrain_lib
 
 METADATA_FILENAME = "metadata.json"
 # Any rank at binding time: a wrong rank or channel count must reach the in-graph checks
