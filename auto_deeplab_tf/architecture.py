@@ -105,9 +105,6 @@ class Architecture:
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from e
 
-    def levels_used(self) -> list[int]:
-        return sorted(set(self.path))
-
 
 def origin_metadata(origin: str, seed: int | None, **extra: Any) -> dict[str, Any]:
     """Metadata saying where an architecture came from: `{"origin": origin, "seed": seed,
