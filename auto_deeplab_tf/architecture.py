@@ -11,9 +11,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from typing import Any, Mapping, Sequence
 
+from auto_deeplab_tf import atomic_write
 from auto_deeplab_tf import common
 from auto_deeplab_tf import search_space
 
@@ -90,17 +90,7 @@ class Architecture:
 
     def save(self, path: str, metadata: Mapping[str, Any] | None = None) -> None:
         """Writes JSON atomically, so a reader never sees a half-written file."""
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".architecture-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(self.to_json(metadata) + "\n")
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        atomic_write.write_text(path, self.to_json(metadata) + "\n")
 
     @classmethod
     def load(cls, path: str) -> "Architecture":
@@ -114,9 +104,6 @@ class Architecture:
             return cls.from_json(text)
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from e
-
-    def levels_used(self) -> list[int]:
-        return sorted(set(self.path))
 
 
 def origin_metadata(origin: str, seed: int | None, **extra: Any) -> dict[str, Any]:

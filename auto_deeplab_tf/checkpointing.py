@@ -4,16 +4,23 @@ Keras 3 keeps sublayers and variables held in lists out of TensorFlow's object g
 `tf.train.Checkpoint(model=model)` silently saves only the top-level weights. Here every
 variable is exposed under its unique Keras path instead, which also makes checkpoints
 readable with `tf.train.list_variables`.
+
+`ChiefCheckpoints` is the run's checkpoint manager under any strategy: under multi_worker
+only the chief keeps what it saves.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from typing import Iterable
 
 import numpy as np
 import tensorflow as tf
 
-from auto_deeplab_tf import supernet as supernet_lib
+from auto_deeplab_tf import distribute
+from auto_deeplab_tf import search_space
 
 _VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 
@@ -104,11 +111,61 @@ def arch_values_from_checkpoint(checkpoint_path: str) -> tuple[np.ndarray, np.nd
             continue
         # alpha and beta are the model's own weights: '<model name>|alpha'.
         parts = key[: -len(_VALUE_SUFFIX)].split("/")[-1].split("|")
-        if len(parts) == 2 and parts[1] in (supernet_lib.ALPHA_NAME, supernet_lib.BETA_NAME):
+        if len(parts) == 2 and parts[1] in (search_space.ALPHA_NAME, search_space.BETA_NAME):
             found.setdefault(parts[1], []).append(key)
-    for name in (supernet_lib.ALPHA_NAME, supernet_lib.BETA_NAME):
+    for name in (search_space.ALPHA_NAME, search_space.BETA_NAME):
         if len(found.get(name, [])) != 1:
             raise ValueError(f"{checkpoint_path}: expected one supernet '{name}' variable, "
                              f"found {len(found.get(name, []))}; is this a search checkpoint?")
-    return (reader.get_tensor(found[supernet_lib.ALPHA_NAME][0]),
-            reader.get_tensor(found[supernet_lib.BETA_NAME][0]))
+    return (reader.get_tensor(found[search_space.ALPHA_NAME][0]),
+            reader.get_tensor(found[search_space.BETA_NAME][0]))
+
+
+class ChiefCheckpoints:
+    """Checkpoints of a run that only the chief keeps, in `chief_dir`.
+
+    Under MultiWorkerMirroredStrategy saving involves collectives, so every worker saves:
+    the chief into `chief_dir`, any other worker into a private temporary local directory
+    that is deleted after each save and by `close()`. Every worker resumes from the chief's
+    `latest`, so `chief_dir` must be storage every worker can read (NFS, GCS): with one
+    process (any other strategy) this is a plain CheckpointManager on `chief_dir`.
+    """
+
+    def __init__(self, checkpoint: tf.train.Checkpoint, chief_dir: str, is_chief: bool,
+                 temp_prefix: str, max_to_keep: int):
+        self.chief_dir, self.is_chief = chief_dir, is_chief
+        self.save_dir = chief_dir if is_chief else tempfile.mkdtemp(prefix=temp_prefix)
+        self.manager = tf.train.CheckpointManager(checkpoint, self.save_dir,
+                                                  max_to_keep=max_to_keep)
+
+    @property
+    def latest(self) -> str | None:
+        """The chief's latest checkpoint (what every worker restores)."""
+        return tf.train.latest_checkpoint(self.chief_dir)
+
+    def save(self, checkpoint_number: int) -> str:
+        """Saves on every worker; returns the path of the chief's copy."""
+        path = self.manager.save(checkpoint_number=checkpoint_number)
+        if not self.is_chief:  # only the chief's copy is kept
+            shutil.rmtree(self.save_dir, ignore_errors=True)
+            path = os.path.join(self.chief_dir, os.path.basename(path))
+        return path
+
+    def check_resumed_together(self, strategy: tf.distribute.Strategy, step: int,
+                               restored: str | None) -> None:
+        """Under multi_worker, fails unless every worker restored the same `step` (from
+        `restored`, None: none) (a collective: every worker must call it). A --model_dir
+        that is not shared leaves the workers at different steps."""
+        if not distribute.is_multi_worker(strategy):
+            return
+        low, high = distribute.agreed_step(strategy, step)
+        if low != high:
+            raise ValueError(
+                f"the workers resumed from different steps ({low} to {high}; this one from "
+                f"{restored or 'scratch'}): every worker must read the chief's "
+                f"{self.chief_dir}, so --model_dir must be shared storage (NFS, GCS)")
+
+    def close(self) -> None:
+        """Deletes a non-chief worker's temporary directory."""
+        if not self.is_chief:
+            shutil.rmtree(self.save_dir, ignore_errors=True)

@@ -50,6 +50,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from auto_deeplab_tf import architecture as architecture_lib
+from auto_deeplab_tf import atomic_write
 from auto_deeplab_tf import common
 from auto_deeplab_tf.architecture import Architecture
 
@@ -409,7 +410,7 @@ def architecture_stats(template, arch: Architecture, num_classes: int, arch_dir:
                                             settings["image_size"], model=model)
     result = {"settings": settings, "params": stats["params"],
               "multiply_adds": stats["multiply_adds"]}
-    evaluation.write_json(path, result)
+    atomic_write.write_json(path, result)
     return result
 
 
@@ -528,7 +529,7 @@ def run_comparison(template, candidates: Sequence[Candidate], seeds: Sequence[in
                    "retrain_settings": settings,
                    "multiply_adds_image_size": [template.crop_size, template.crop_size],
                    "supernet_dir": supernet_dir, "architectures": rows, "summary": summary}
-        evaluation.write_json(os.path.join(out_dir, COMPARISON_JSON), payload)
+        atomic_write.write_json(os.path.join(out_dir, COMPARISON_JSON), payload)
         title = (f"{template.dataset} {split}: {len(rows)} architectures, retrain seeds "
                  f"{','.join(map(str, seeds))}, {template.train_steps} steps")
         image = comparison_image(rows, summary, title)
@@ -580,7 +581,7 @@ def run_comparison(template, candidates: Sequence[Candidate], seeds: Sequence[in
                                                           split)
                     evaluated.update(eval_scales=[1.0], add_flipped_images=False,
                                      checkpoint=result.checkpoint, global_step=step)
-                    evaluation.write_json(eval_path, evaluated)
+                    atomic_write.write_json(eval_path, evaluated)
                     evaluation.write_summaries(os.path.join(run_dir, evaluation.EVAL_SUBDIR),
                                                step, evaluated, split)
                 log(f"{prefix} {split} mIoU {100 * evaluated['miou']:.2f}%")

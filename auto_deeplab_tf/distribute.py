@@ -14,9 +14,7 @@ from __future__ import annotations
 import faulthandler
 import json
 import os
-import shutil
 import sys
-import tempfile
 from typing import Callable
 
 import tensorflow as tf
@@ -208,51 +206,13 @@ def agreed_step(strategy: tf.distribute.Strategy, value: int) -> tuple[int, int]
     return int(values.min()), int(values.max())
 
 
-class ChiefCheckpoints:
-    """Checkpoints of a run that only the chief keeps, in `chief_dir`.
+def __getattr__(name: str):
+    # ChiefCheckpoints moved to checkpointing.py. The search and retrain loops still name it
+    # here; they are being rewritten into one runner, which will import it from
+    # checkpointing, and then this alias goes. Resolved lazily: checkpointing imports this
+    # module.
+    if name == "ChiefCheckpoints":
+        from auto_deeplab_tf import checkpointing
 
-    Under MultiWorkerMirroredStrategy saving involves collectives, so every worker saves:
-    the chief into `chief_dir`, any other worker into a private temporary local directory
-    that is deleted after each save and by `close()`. Every worker resumes from the chief's
-    `latest`, so `chief_dir` must be storage every worker can read (NFS, GCS): with one
-    process (any other strategy) this is a plain CheckpointManager on `chief_dir`.
-    """
-
-    def __init__(self, checkpoint: tf.train.Checkpoint, chief_dir: str, is_chief: bool,
-                 temp_prefix: str, max_to_keep: int):
-        self.chief_dir, self.is_chief = chief_dir, is_chief
-        self.save_dir = chief_dir if is_chief else tempfile.mkdtemp(prefix=temp_prefix)
-        self.manager = tf.train.CheckpointManager(checkpoint, self.save_dir,
-                                                  max_to_keep=max_to_keep)
-
-    @property
-    def latest(self) -> str | None:
-        """The chief's latest checkpoint (what every worker restores)."""
-        return tf.train.latest_checkpoint(self.chief_dir)
-
-    def save(self, checkpoint_number: int) -> str:
-        """Saves on every worker; returns the path of the chief's copy."""
-        path = self.manager.save(checkpoint_number=checkpoint_number)
-        if not self.is_chief:  # only the chief's copy is kept
-            shutil.rmtree(self.save_dir, ignore_errors=True)
-            path = os.path.join(self.chief_dir, os.path.basename(path))
-        return path
-
-    def check_resumed_together(self, strategy: tf.distribute.Strategy, step: int,
-                               restored: str | None) -> None:
-        """Under multi_worker, fails unless every worker restored the same `step` (from
-        `restored`, None: none) (a collective: every worker must call it). A --model_dir
-        that is not shared leaves the workers at different steps."""
-        if not is_multi_worker(strategy):
-            return
-        low, high = agreed_step(strategy, step)
-        if low != high:
-            raise ValueError(
-                f"the workers resumed from different steps ({low} to {high}; this one from "
-                f"{restored or 'scratch'}): every worker must read the chief's "
-                f"{self.chief_dir}, so --model_dir must be shared storage (NFS, GCS)")
-
-    def close(self) -> None:
-        """Deletes a non-chief worker's temporary directory."""
-        if not self.is_chief:
-            shutil.rmtree(self.save_dir, ignore_errors=True)
+        return checkpointing.ChiefCheckpoints
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -71,22 +71,3 @@ class DropPath(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "seed": self.seed}
-
-
-class DropPathSchedule(keras.callbacks.Callback):
-    """Ramps a model's drop-path progress linearly from 0 to 1 over `total_steps` batches.
-
-    The model must have a `set_drop_path_progress(float)` method (as `AutoDeepLab`).
-    `initial_step` lets a resumed run continue the ramp where it stopped.
-    """
-
-    def __init__(self, total_steps: int, initial_step: int = 0):
-        super().__init__()
-        if total_steps < 1:
-            raise ValueError(f"total_steps must be >= 1, got {total_steps}")
-        self.total_steps = int(total_steps)
-        self.step = int(initial_step)
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self.model.set_drop_path_progress(min(1.0, self.step / self.total_steps))
-        self.step += 1

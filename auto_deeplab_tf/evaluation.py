@@ -9,8 +9,6 @@ per-class IoU, the mIoU and the pixel accuracy.
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from typing import Callable, Iterable, Sequence
 
@@ -21,6 +19,22 @@ import tensorflow as tf
 from auto_deeplab_tf import metrics as metrics_lib
 
 EVAL_SUBDIR = "eval"
+
+
+def parse_eval_scales(values: Sequence[str]) -> list[float]:
+    """The --eval_scales flag's strings as positive floats (train.evaluate, train.export).
+
+    Raises:
+      ValueError: a value is not a number, none is given, or one is not positive; the message
+        names the flag.
+    """
+    try:
+        scales = [float(s) for s in values]
+    except ValueError:
+        raise ValueError(f"--eval_scales must be numbers, got {','.join(values)}") from None
+    if not scales or min(scales) <= 0:
+        raise ValueError(f"--eval_scales must be positive, got {','.join(values)}")
+    return scales
 
 
 def predict_probabilities(model: keras.Model, images: tf.Tensor,
@@ -134,14 +148,6 @@ def format_table(result: dict) -> str:
     lines.append(f"{'mIoU':<{width}}  {100 * result['miou']:7.2f}")
     lines.append(f"{'pixel accuracy':<{width}}  {100 * result['pixel_accuracy']:7.2f}")
     return "\n".join(lines)
-
-
-def write_json(path: str, payload: dict) -> None:
-    tf.io.gfile.makedirs(os.path.dirname(path) or ".")
-    tmp = f"{path}.tmp"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        json.dump(payload, f, indent=2)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 def write_summaries(log_dir: str, step: int, result: dict, split: str) -> None:

@@ -4,8 +4,8 @@ Signatures:
 
 * `serving_default(images)`: uint8 images [N, H, W, 3] of any size -> {'semantic': int32
   [N, H, W]} (+ 'probabilities': float32 [N, H, W, num_classes] when exported with
-  `with_probabilities`). Normalisation to [-1, 1] (datasets.input_pipeline.normalize_image)
-  happens inside the graph.
+  `with_probabilities`). Normalisation to [-1, 1] (normalization.normalize_image, as in the
+  input pipelines) happens inside the graph.
 * `serving_encoded(encoded_images)`: a batch [N] of PNG or JPEG bytes (all of one size; grey
   and RGBA images are converted to RGB) -> the same outputs.
 
@@ -37,7 +37,7 @@ import tensorflow as tf
 
 from auto_deeplab_tf import checkpointing
 from auto_deeplab_tf import evaluation
-from auto_deeplab_tf import retrain as retrain_lib
+from auto_deeplab_tf.normalization import normalize_image
 
 METADATA_FILENAME = "metadata.json"
 # Any rank at binding time: a wrong rank or channel count must reach the in-graph checks
@@ -45,12 +45,6 @@ METADATA_FILENAME = "metadata.json"
 # which abort the process), so the signature shows the shape as unknown_rank.
 IMAGE_SPEC = tf.TensorSpec(None, tf.uint8, name="images")
 ENCODED_SPEC = tf.TensorSpec([None], tf.string, name="encoded_images")
-
-
-def normalize_image(image: tf.Tensor) -> tf.Tensor:
-    """Exactly datasets.input_pipeline.normalize_image (kept here so that the library does not
-    depend on the data layer): 0..255 -> float32 [-1, 1]."""
-    return tf.cast(image, tf.float32) / 127.5 - 1.0
 
 
 def serving_variables(model: keras.Model) -> checkpointing.VariableBundle:

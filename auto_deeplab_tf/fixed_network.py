@@ -82,8 +82,8 @@ class AutoDeepLab(keras.Model):
       low_level_filters, decoder_filters: decoder widths (48 and 256).
       drop_path_keep_prob: p of scheduled drop path; 1.0 turns it off. The ramp is driven by
         the `drop_path_progress` variable (0 = start of training, 1 = end), set with
-        `set_drop_path_progress` or `drop_path.DropPathSchedule`, or by passing
-        `drop_path_progress=` to call. Drop path only acts with training=True.
+        `set_drop_path_progress`, or by passing `drop_path_progress=` to call (as
+        retraining does). Drop path only acts with training=True.
     """
 
     def __init__(self, architecture: architecture_lib.Architecture | Mapping[str, Any] | str,

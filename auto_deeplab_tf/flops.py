@@ -1,4 +1,5 @@
-"""Multiply-add counting from a traced graph.
+"""Multiply-add costing of a traced graph's ops, and the walk over a graph and the functions it
+calls; `model_stats.traced_multiply_adds` sums them for a model.
 
 Counts what the model really runs, whatever layers it is built from: the forward function
 is traced at a fixed input shape and every convolution and matrix product in the graph is
@@ -9,7 +10,7 @@ element; elementwise ops, normalisation, pooling and resizing are not counted (t
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -22,7 +23,8 @@ def _static(shape) -> list[int]:
     return dims
 
 
-def _op_multiply_adds(op) -> int:
+def op_multiply_adds(op: tf.Operation) -> int:
+    """Multiply-adds of one graph op by the module's convention (0 for ops not counted)."""
     t = op.type
     if t in ("Conv2D", "DepthwiseConv2dNative"):
         out = _static(op.outputs[0].shape)
@@ -52,26 +54,13 @@ def _op_multiply_adds(op) -> int:
     return 0
 
 
-def count_graph_multiply_adds(graph: tf.Graph) -> dict[str, int]:
-    """Multiply-adds per op type of a graph (functions called from it included)."""
-    totals: dict[str, int] = {}
-
-    def visit(g):
-        for op in g.get_operations():
-            n = _op_multiply_adds(op)
-            if n:
-                totals[op.type] = totals.get(op.type, 0) + n
-        for fn in getattr(g, "_functions", {}).values():
-            inner = getattr(fn, "graph", None)
-            if inner is not None:
-                visit(inner)
-
-    visit(graph)
-    return totals
-
-
-def count_multiply_adds(fn: Callable, input_shape: Sequence[int],
-                        dtype: tf.DType = tf.float32) -> int:
-    """Multiply-adds of one call of `fn` on an input of `input_shape` (batch included)."""
-    concrete = tf.function(fn).get_concrete_function(tf.TensorSpec(input_shape, dtype))
-    return sum(count_graph_multiply_adds(concrete.graph).values())
+def nested_graphs(graph: tf.Graph) -> Iterator[tf.Graph]:
+    """`graph`, then every function graph called from it, depth first (each graph before the
+    functions it calls), so that a caller can keep per-graph state while walking the ops."""
+    yield graph
+    # A traced Keras model keeps its layers' bodies in functions (e.g. the uniform layers'
+    # while loop); their ops are not in the outer graph's operation list.
+    for fn in getattr(graph, "_functions", {}).values():
+        inner = getattr(fn, "graph", None)
+        if inner is not None:
+            yield from nested_graphs(inner)

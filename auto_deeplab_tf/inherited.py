@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from auto_deeplab_tf import atomic_write
 from auto_deeplab_tf import search_space
 from auto_deeplab_tf.architecture import Architecture
 
@@ -222,7 +223,7 @@ def evaluate_candidates(supernet_dir: str, candidates: Sequence, arch_dirs: dict
                 saved.get("checkpoint") == run.checkpoint:
             # Written before results named their supernet: same checkpoint, same supernet.
             saved["supernet"] = run.identity
-            evaluation.write_json(path, saved)
+            atomic_write.write_json(path, saved)
             continue
         todo.append(candidate)
     if len(todo) < len(candidates):
@@ -250,7 +251,7 @@ def evaluate_candidates(supernet_dir: str, candidates: Sequence, arch_dirs: dict
         result = evaluation.evaluate_split(predict_fn, descriptor, data_dir, split)
         result.update(supernet_dir=os.path.abspath(supernet_dir), checkpoint=run.checkpoint,
                       supernet=run.identity, eval_scales=[config.scale])
-        evaluation.write_json(result_path(arch_dirs[candidate.key], split), result)
+        atomic_write.write_json(result_path(arch_dirs[candidate.key], split), result)
         log(f"[inherited {i + 1}/{len(todo)} {candidate.name}] {split} mIoU "
             f"{100 * result['miou']:.2f}% with the weights of {run.checkpoint}")
 

@@ -6,7 +6,7 @@ Conventions (see also the README, "Checked against the paper"):
   the logits bias; BN moving statistics and the drop-path progress are not parameters.
   For the supernet, alpha and beta are reported apart (`arch_params`).
 * Multiply-adds: one per weight tap per output element of every convolution and matrix
-  product in the traced graph of one image (`flops.count_multiply_adds`); elementwise ops,
+  product in the traced graph of one image (`traced_multiply_adds`); elementwise ops,
   BN, pooling and resizing are free. The graph is traced, never executed, so counting at
   1024x2048 costs about a second.
   - "standard": every convolution at its own output resolution.
@@ -61,7 +61,7 @@ def count_params(variables: Sequence[Any]) -> int:
 
 
 def _op_multiply_adds(op, convention: str) -> int:
-    n = flops._op_multiply_adds(op)  # pylint: disable=protected-access
+    n = flops.op_multiply_adds(op)
     if n and convention != "standard" and op.type == "Conv2D":
         rate_h, rate_w = op.get_attr("dilations")[1:3]
         if rate_h > 1 or rate_w > 1:
@@ -88,7 +88,7 @@ def _image_pooling_multiply_adds(mean_op, pooling_conv_op, output_stride: int,
     kernel_w = min(width, scale_dimension(crop_size[1], 1.0 / output_stride))
     positions = (height - kernel_h + 1) * (width - kernel_w + 1)
     pool = kernel_h * kernel_w * channels * positions // 2  # profiler flops / 2
-    conv = flops._op_multiply_adds(pooling_conv_op) * (positions - 1)  # pylint: disable=protected-access
+    conv = flops.op_multiply_adds(pooling_conv_op) * (positions - 1)
     return pool + conv
 
 
@@ -126,7 +126,7 @@ def traced_multiply_adds(fn, input_shape: Sequence[int], convention: str = "stan
         if by_part:
             totals[_part_of(op_name)] += n
 
-    def visit(graph):
+    for graph in flops.nested_graphs(concrete.graph):
         aspp_mean = None
         for op in graph.get_operations():
             if op.type == "Mean" and _part_of(op.name) == "aspp":
@@ -142,12 +142,6 @@ def traced_multiply_adds(fn, input_shape: Sequence[int], convention: str = "stan
                 add(op.name, _image_pooling_multiply_adds(aspp_mean, op, output_stride,
                                                           image_pooling_crop_size))
                 aspp_mean = None
-        for fn_def in getattr(graph, "_functions", {}).values():
-            inner = getattr(fn_def, "graph", None)
-            if inner is not None:
-                visit(inner)
-
-    visit(concrete.graph)
     return totals
 
 

@@ -39,8 +39,10 @@ import numpy as np
 import tensorflow as tf
 
 from auto_deeplab_tf import architecture as architecture_lib
+from auto_deeplab_tf import atomic_write
 from auto_deeplab_tf import checkpointing
 from auto_deeplab_tf import distribute
+from auto_deeplab_tf import losses as losses_lib
 from auto_deeplab_tf import ops
 from auto_deeplab_tf import palette as palette_lib
 from auto_deeplab_tf import progress as progress_lib
@@ -238,29 +240,6 @@ def load_trained_model(model_dir: str, checkpoint_path: str | None = None
     return model, model_config, path
 
 
-def _class_pixels(labels: tf.Tensor, num_classes: int, ignore_label: int) -> tf.Tensor:
-    labels = tf.cast(labels, tf.int32)
-    return tf.logical_and(tf.not_equal(labels, ignore_label),
-                          tf.logical_and(labels >= 0, labels < num_classes))
-
-
-def masked_cross_entropy(labels: tf.Tensor, logits: tf.Tensor, num_classes: int,
-                         ignore_label: int, num_valid: tf.Tensor | None = None) -> tf.Tensor:
-    """Pixel cross-entropy summed over the pixels whose label is a class, divided by
-    `num_valid` (default: their count here, i.e. the mean; 0 if there are none).
-
-    Under several replicas `num_valid` is the count over the global batch, so that the
-    replicas' results add up to the mean over the global batch."""
-    valid = _class_pixels(labels, num_classes, ignore_label)
-    safe = tf.where(valid, tf.cast(labels, tf.int32), tf.zeros_like(labels, tf.int32))
-    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels=safe, logits=tf.cast(logits, tf.float32))
-    weights = tf.cast(valid, tf.float32)
-    if num_valid is None:
-        num_valid = tf.reduce_sum(weights)
-    return tf.reduce_sum(losses * weights) / tf.maximum(num_valid, 1.0)
-
-
 def decayed_variables(model: keras.Model) -> list:
     """The convolution kernels (every rank-4 trainable weight)."""
     return [v for v in model.trainable_variables if len(v.shape) == 4]
@@ -293,10 +272,7 @@ def _check_resume_config(config_dict: dict, model_dir: str, write: bool = True) 
                 "the same settings or use another --model_dir")
     if not write:
         return
-    tmp = f"{path}.tmp"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        json.dump(config_dict, f, indent=2)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    atomic_write.write_json(path, config_dict)
 
 
 def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
@@ -316,14 +292,14 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
 
     def replica_step(images, labels):
         progress = tf.minimum(1.0, tf.cast(optimizer.iterations, tf.float32) / train_steps)
-        num_valid = tf.reduce_sum(tf.cast(_class_pixels(labels, num_classes, ignore_label),
-                                          tf.float32))
+        num_valid = losses_lib.count_valid(labels, ignore_label, num_classes)
         context = ops.cross_replica_context()
         if context is not None:
             num_valid = context.all_reduce(tf.distribute.ReduceOp.SUM, num_valid)
         with tf.GradientTape() as tape:
             logits = model(images, training=True, drop_path_progress=progress)
-            ce = masked_cross_entropy(labels, logits, num_classes, ignore_label, num_valid)
+            ce = losses_lib.masked_cross_entropy(labels, logits, ignore_label, num_valid,
+                                                 num_classes=num_classes)
             # The decay term is the same on every replica and summed with the gradients.
             l2 = weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in decayed]) / num_replicas
             loss = ce + l2

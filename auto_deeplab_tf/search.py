@@ -32,6 +32,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from auto_deeplab_tf import atomic_write
 from auto_deeplab_tf import checkpointing
 from auto_deeplab_tf import common
 from auto_deeplab_tf import decoding
@@ -173,10 +174,7 @@ def _check_resume_config(config: SearchConfig, model_dir: str, write: bool = Tru
                 "started it")
     if not write:
         return
-    tmp = f"{path}.tmp"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        json.dump(current, f, indent=2)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    atomic_write.write_json(path, current)
 
 
 def build_search_model(config: SearchConfig, num_classes: int, total_steps: int,

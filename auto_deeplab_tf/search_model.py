@@ -24,30 +24,9 @@ import keras
 import tensorflow as tf
 
 from auto_deeplab_tf import ops
+from auto_deeplab_tf.losses import count_valid, masked_cross_entropy
 from auto_deeplab_tf.metrics import ConfusionMatrix
 from auto_deeplab_tf.supernet import AutoDeepLabSupernet
-
-
-def count_valid(labels, ignore_label: int = 255):
-    """The number of pixels whose label is not `ignore_label` (float32 scalar)."""
-    return tf.reduce_sum(tf.cast(tf.not_equal(tf.cast(labels, tf.int32), ignore_label),
-                                 tf.float32))
-
-
-def masked_cross_entropy(labels, logits, ignore_label: int = 255, num_valid=None):
-    """Softmax cross-entropy summed over pixels whose label is not `ignore_label`, divided
-    by `num_valid` (default: their count here, i.e. the mean; at least 1).
-
-    Under several replicas, `num_valid` is the count over the global batch, so that the
-    replicas' results add up to the mean over the global batch."""
-    labels = tf.cast(labels, tf.int32)
-    valid = tf.not_equal(labels, ignore_label)
-    safe = tf.where(valid, labels, tf.zeros_like(labels))
-    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(safe, tf.cast(logits, tf.float32))
-    valid = tf.cast(valid, ce.dtype)
-    if num_valid is None:
-        num_valid = tf.reduce_sum(valid)
-    return tf.reduce_sum(ce * valid) / tf.maximum(num_valid, 1.0)
 
 
 class SearchModel(AutoDeepLabSupernet):

@@ -38,6 +38,11 @@ OPS: tuple[str, ...] = (
 )
 NUM_OPS = len(OPS)
 
+# Names of the architecture weights (the supernet's variables; search checkpoints are read
+# back by them, `checkpointing.arch_values_from_checkpoint`).
+ALPHA_NAME = "alpha"
+BETA_NAME = "beta"
+
 # beta's last axis: level change of each direction.
 DIRECTION_DELTAS: tuple[int, ...] = (-1, 0, 1)
 NUM_DIRECTIONS = len(DIRECTION_DELTAS)

@@ -39,11 +39,10 @@ from auto_deeplab_tf import ops
 from auto_deeplab_tf import search_space
 from auto_deeplab_tf.cell import SearchCell
 from auto_deeplab_tf.search_head import SearchASPP
+from auto_deeplab_tf.search_space import ALPHA_NAME, BETA_NAME
 from auto_deeplab_tf.stem import Stem
 from auto_deeplab_tf.uniform_layers import UniformLayers, num_uniform_layers
 
-ALPHA_NAME = "alpha"
-BETA_NAME = "beta"
 ARCH_INIT_STDDEV = 1e-3
 _MASKED_LOGIT = -1e9
 # Fewer uniform layers than this run unrolled: a one-iteration loop saves nothing.

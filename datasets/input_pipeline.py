@@ -19,7 +19,9 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
+from auto_deeplab_tf import atomic_write
 from auto_deeplab_tf import common
+from auto_deeplab_tf.normalization import normalize_image
 from datasets import registry, tfrecord_io
 from datasets.registry import DatasetDescriptor
 
@@ -40,11 +42,6 @@ def convert_hint(dataset_name: str) -> str:
     section = README_SECTIONS.get(dataset_name)
     where = f", subsection '{section}'," if section else ""
     return f"the README's 'Data' section{where} says how to convert a download"
-
-
-def normalize_image(image: tf.Tensor) -> tf.Tensor:
-    """Maps pixel values 0..255 (uint8 or float) to float32 in [-1, 1]."""
-    return tf.cast(image, tf.float32) / 127.5 - 1.0
 
 
 def split_files(descriptor: DatasetDescriptor, data_dir: str, split: str) -> list[str]:
@@ -113,13 +110,6 @@ def resolve_data_dir(dataset_name: str, data_dir: str | None) -> str:
 # The A/B split of the search.
 
 
-def _write_json_atomically(path: str, payload: dict) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(json.dumps(payload, indent=1))
-    tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
 def search_split(descriptor: DatasetDescriptor, data_dir: str, model_dir: str, seed: int,
                  *, split: str = "train", write: bool = True) -> tuple[list[str], list[str]]:
     """The disjoint halves (trainA, trainB) of `split`, as sorted example names.
@@ -164,8 +154,8 @@ def search_split(descriptor: DatasetDescriptor, data_dir: str, model_dir: str, s
     if not write:
         return train_a, train_b
     tf.io.gfile.makedirs(model_dir)
-    _write_json_atomically(path, {"dataset": descriptor.name, "split": split, "seed": seed,
-                                  "train_a": train_a, "train_b": train_b})
+    atomic_write.write_json(path, {"dataset": descriptor.name, "split": split, "seed": seed,
+                                  "train_a": train_a, "train_b": train_b}, indent=1)
     return train_a, train_b
 
 

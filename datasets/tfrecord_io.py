@@ -12,6 +12,7 @@ from typing import Iterable, Sequence
 
 import tensorflow as tf
 
+from auto_deeplab_tf import atomic_write
 from auto_deeplab_tf import common
 from auto_deeplab_tf import script_hygiene
 
@@ -92,13 +93,6 @@ def existing_shards(data_dir: str, split: str, file_pattern: str = "{split}-*.tf
     return sorted(tf.io.gfile.glob(os.path.join(data_dir, file_pattern.format(split=split))))
 
 
-def _write_text_atomically(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 class ShardedWriter:
     """Writes one split's examples round-robin into shards under temporary names.
 
@@ -153,7 +147,7 @@ class ShardedWriter:
         for stale in existing_shards(self._output_dir, self._split):
             if stale not in keep:
                 os.remove(stale)
-        _write_text_atomically(
+        atomic_write.write_text(
             os.path.join(self._output_dir, FILENAMES_INDEX.format(split=self._split)),
             "".join(f"{n}\n" for n in self._names))
         self._done = True

@@ -45,20 +45,10 @@ _INTERVAL = flags.DEFINE_float("eval_interval_secs", 10.0, "With --continuous: l
                                "between two evaluations.")
 
 
-def _scales() -> list[float]:
-    try:
-        scales = [float(s) for s in _SCALES.value]
-    except ValueError:
-        raise ValueError(f"--eval_scales must be numbers, got {','.join(_SCALES.value)}") \
-            from None
-    if not scales or min(scales) <= 0:
-        raise ValueError(f"--eval_scales must be positive, got {','.join(_SCALES.value)}")
-    return scales
-
-
 def run(log=print) -> int:
     import tensorflow as tf
 
+    from auto_deeplab_tf import atomic_write
     from auto_deeplab_tf import evaluation
     from auto_deeplab_tf import retrain as retrain_lib
     from datasets import input_pipeline, registry
@@ -66,7 +56,7 @@ def run(log=print) -> int:
     if not _MODEL_DIR.value:
         raise ValueError("--model_dir is required (the --model_dir of a train.retrain run)")
     model_dir = _MODEL_DIR.value
-    scales = _scales()
+    scales = evaluation.parse_eval_scales(_SCALES.value)
     model_config = retrain_lib.read_model_config(model_dir)
     dataset = _DATASET.value or model_config["dataset"]
     descriptor = registry.get(dataset)
@@ -93,7 +83,7 @@ def run(log=print) -> int:
         result.update(eval_scales=scales, add_flipped_images=_FLIP.value,
                       checkpoint=checkpoint_path, global_step=step)
         log(evaluation.format_table(result))
-        evaluation.write_json(output_json, result)
+        atomic_write.write_json(output_json, result)
         evaluation.write_summaries(os.path.join(model_dir, evaluation.EVAL_SUBDIR), step,
                                    result, split)
         log(f"{count} images in {time.perf_counter() - start:.1f} s; mIoU "

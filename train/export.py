@@ -37,19 +37,14 @@ _VERIFY = flags.DEFINE_bool("verify", True, "Reload the export and check that it
 
 
 def run(log=print) -> int:
+    from auto_deeplab_tf import evaluation
     from auto_deeplab_tf import export as export_lib
     from auto_deeplab_tf import retrain as retrain_lib
     from datasets import registry
 
     if not _MODEL_DIR.value:
         raise ValueError("--model_dir is required (the --model_dir of a train.retrain run)")
-    try:
-        scales = [float(s) for s in _SCALES.value]
-    except ValueError:
-        raise ValueError(f"--eval_scales must be numbers, got {','.join(_SCALES.value)}") \
-            from None
-    if not scales or min(scales) <= 0:
-        raise ValueError(f"--eval_scales must be positive, got {','.join(_SCALES.value)}")
+    scales = evaluation.parse_eval_scales(_SCALES.value)
     model_dir = _MODEL_DIR.value
     export_dir = _EXPORT_DIR.value or os.path.join(model_dir, "export")
     model, config, checkpoint = retrain_lib.load_trained_model(model_dir, _CHECKPOINT.value)
