@@ -6,12 +6,14 @@ num_classes); other labels (stray values in a converted dataset) are ignored rat
 fed to the softmax, where they would fail.
 
 Under several replicas the mean must be over the global batch, so callers pass `num_valid`,
-the count summed over replicas (`count_valid` on each, then an all-reduce).
+the count summed over replicas (`global_count_valid`).
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
+
+from auto_deeplab_tf import ops
 
 
 def valid_pixels(labels: tf.Tensor, ignore_label: int = 255,
@@ -28,6 +30,18 @@ def count_valid(labels: tf.Tensor, ignore_label: int = 255,
                 num_classes: int | None = None) -> tf.Tensor:
     """The number of pixels that count in the loss (float32 scalar)."""
     return tf.reduce_sum(tf.cast(valid_pixels(labels, ignore_label, num_classes), tf.float32))
+
+
+def global_count_valid(labels: tf.Tensor, ignore_label: int = 255,
+                       num_classes: int | None = None) -> tf.Tensor:
+    """`count_valid` of the global batch: summed over the replicas inside `strategy.run`
+    with several replicas (call it outside any nested function or loop), else this
+    batch's."""
+    num_valid = count_valid(labels, ignore_label, num_classes)
+    context = ops.cross_replica_context()
+    if context is not None:
+        num_valid = context.all_reduce(tf.distribute.ReduceOp.SUM, num_valid)
+    return num_valid
 
 
 def masked_cross_entropy(labels: tf.Tensor, logits: tf.Tensor, ignore_label: int = 255,

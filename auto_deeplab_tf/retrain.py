@@ -43,7 +43,6 @@ from auto_deeplab_tf import atomic_write
 from auto_deeplab_tf import checkpointing
 from auto_deeplab_tf import distribute
 from auto_deeplab_tf import losses as losses_lib
-from auto_deeplab_tf import ops
 from auto_deeplab_tf import palette as palette_lib
 from auto_deeplab_tf import progress as progress_lib
 from auto_deeplab_tf import summaries
@@ -292,10 +291,7 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
 
     def replica_step(images, labels):
         progress = tf.minimum(1.0, tf.cast(optimizer.iterations, tf.float32) / train_steps)
-        num_valid = losses_lib.count_valid(labels, ignore_label, num_classes)
-        context = ops.cross_replica_context()
-        if context is not None:
-            num_valid = context.all_reduce(tf.distribute.ReduceOp.SUM, num_valid)
+        num_valid = losses_lib.global_count_valid(labels, ignore_label, num_classes)
         with tf.GradientTape() as tape:
             logits = model(images, training=True, drop_path_progress=progress)
             ce = losses_lib.masked_cross_entropy(labels, logits, ignore_label, num_valid,

@@ -24,7 +24,7 @@ import keras
 import tensorflow as tf
 
 from auto_deeplab_tf import ops
-from auto_deeplab_tf.losses import count_valid, masked_cross_entropy
+from auto_deeplab_tf.losses import count_valid, global_count_valid, masked_cross_entropy
 from auto_deeplab_tf.metrics import ConfusionMatrix
 from auto_deeplab_tf.supernet import AutoDeepLabSupernet
 
@@ -82,25 +82,19 @@ class SearchModel(AutoDeepLabSupernet):
         """One optimizer step on (images, labels); returns (the loss of the global batch,
         this replica's logits)."""
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        num_valid = count_valid(labels, self.ignore_label)
+        # All-reduced here, outside any nested function: TF's all-reduce in a replica
+        # context (a merge_call) cannot run inside one, nor inside a loop.
+        num_valid = global_count_valid(labels, self.ignore_label)
+        # For the same reason the synchronised BNs make the supernet trace inline (and
+        # unroll its loop) instead of calling the shared function.
+        compute = (self._loss_and_gradients if ops.search_bn_context() is None
+                   else self._loss_and_gradients_eager)
+        share, logits, all_grads = compute(images, labels, num_valid)
         context = ops.cross_replica_context()
-        if context is None:
-            loss, logits, all_grads = self._loss_and_gradients(images, labels, num_valid)
-        else:
-            # Exchanged here, outside any nested function: TF's all-reduce in a replica
-            # context (a merge_call) cannot run inside one, nor inside a loop. That is also
-            # why the synchronised BNs make this path trace the supernet inline (and the
-            # supernet unroll its loop) instead of calling the shared function.
-            # stop_gradient: nothing to differentiate, and it spares the all-reduce's
-            # custom gradient a walk through the whole graph (`ops.cross_replica_gather`).
-            num_valid = context.all_reduce(tf.distribute.ReduceOp.SUM, num_valid)
-            if ops.search_bn_context() is None:  # multi-worker: per-replica BN statistics
-                share, logits, all_grads = self._loss_and_gradients(images, labels,
-                                                                    num_valid)
-            else:
-                share, logits, all_grads = self._loss_and_gradients_eager(images, labels,
-                                                                          num_valid)
-            loss = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.stop_gradient(share))
+        # stop_gradient: nothing to differentiate, and it spares the all-reduce's custom
+        # gradient a walk through the whole graph (`ops.cross_replica_gather`).
+        loss = share if context is None else context.all_reduce(
+            tf.distribute.ReduceOp.SUM, tf.stop_gradient(share))
         # Dense already from the traced loop (stacked weights); a stacked weight read
         # outside a loop would give IndexedSlices, which cannot take the decay term.
         by_id = {id(v): tf.convert_to_tensor(g)
