@@ -6,15 +6,20 @@
 Prints one JSON line: the median step time over --steps timed steps (after one warm-up
 step that traces the graph), the trace+first-step time, the process's peak RSS and, on a
 GPU, the peak GPU memory. Random data, so no dataset is needed.
+
+`build_benchmark_step` (model, traced step and random batches from these flags) is shared
+with `bench.profile_step`, which profiles the same step.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
 import resource
 import time
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from absl import app
@@ -36,10 +41,30 @@ _ARENAS = flags.DEFINE_integer("max_malloc_arenas", 1, "Cap on glibc malloc aren
                                lower_bound=0)
 
 
-def main(argv):
-    del argv
+@dataclasses.dataclass
+class BenchmarkStep:
+    """The benchmark's traced bilevel step and what it runs on."""
+
+    step: Callable  # step(pair) -> (loss A, loss B); traced on its first call
+    batches: Iterator  # distributed ((images A, labels A), (images B, labels B)) pairs
+    model: Any
+    strategy: Any
+    settings: dict  # the flags' values and the malloc arena cap, for the JSON report
+
+    def run(self) -> float:
+        """Runs the step on the next batch, waits for its result; returns seconds taken."""
+        t0 = time.perf_counter()
+        losses = self.step(next(self.batches))
+        float(losses[0])  # blocks until the step has finished
+        return time.perf_counter() - t0
+
+
+def build_benchmark_step(num_batches: int) -> BenchmarkStep:
+    """Caps malloc arenas, imports TF, builds the search model of the flags and its traced
+    bilevel step, with `num_batches` batches of random data (the same pair each time)."""
     from auto_deeplab_tf import allocator
 
+    # Before TensorFlow is imported: its threads create the arenas.
     arenas_capped = bool(_ARENAS.value) and allocator.limit_malloc_arenas(_ARENAS.value)
     import tensorflow as tf
 
@@ -64,32 +89,41 @@ def main(argv):
         labels = rng.integers(0, _CLASSES.value, size=shape).astype(np.int32)
         return images, labels
 
-    data = tf.data.Dataset.from_tensors((batch(), batch())).repeat(_STEPS.value + 1)
-    times = []
-    first = None
-    for pair in strategy.experimental_distribute_dataset(data):
-        t0 = time.perf_counter()
-        losses = step(pair)
-        float(losses[0])
-        elapsed = time.perf_counter() - t0
-        if first is None:
-            first = elapsed
-        else:
-            times.append(elapsed)
-    result = {
+    data = tf.data.Dataset.from_tensors((batch(), batch())).repeat(num_batches)
+    settings = {
         "filter_multiplier": _F.value, "num_layers": _L.value, "num_blocks": _B.value,
         "num_classes": _CLASSES.value, "batch_size": _BATCH.value, "crop_size": _CROP.value,
         "device": _DEVICE.value, "jit_compile": _JIT.value,
         "loop_uniform_layers": _LOOP.value,
         "malloc_arenas": (_ARENAS.value if arenas_capped else
                           os.environ.get("MALLOC_ARENA_MAX") or "glibc default"),
+    }
+    return BenchmarkStep(step=step,
+                         batches=iter(strategy.experimental_distribute_dataset(data)),
+                         model=model, strategy=strategy, settings=settings)
+
+
+def steps_flag() -> int:
+    """--steps: the number of timed (or profiled) steps after the warm-up step."""
+    return _STEPS.value
+
+
+def main(argv):
+    del argv
+    bench = build_benchmark_step(num_batches=_STEPS.value + 1)
+    first = bench.run()
+    times = [bench.run() for _ in range(_STEPS.value)]
+    result = dict(bench.settings)
+    result.update({
         "median_step_s": round(float(np.median(times)), 4),
         "min_step_s": round(float(np.min(times)), 4),
         "trace_and_first_step_s": round(first, 2),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
-    }
+    })
     if _DEVICE.value == "gpu":
+        import tensorflow as tf
+
         info = tf.config.experimental.get_memory_info("GPU:0")
         result["peak_gpu_memory_gb"] = round(info["peak"] / 2**30, 3)
     print(json.dumps(result))
