@@ -5,15 +5,23 @@ Counts what the model really runs, whatever layers it is built from: the forward
 is traced at a fixed input shape and every convolution and matrix product in the graph is
 costed from its static shapes. Convention: one multiply-add per weight tap per output
 element; elementwise ops, normalisation, pooling and resizing are not counted (the usual
-"Multi-Adds" of the NAS literature).
+"Multi-Adds" of the NAS literature). The convolutions' gradient ops (input and filter
+backprop) are costed too, each as the forward convolution it differentiates (the same
+products, summed the other way), so a traced backward pass can be counted the same way.
 """
 
 from __future__ import annotations
 
+import collections
 from typing import Iterator
 
 import numpy as np
 import tensorflow as tf
+
+
+# Gradient ops of the convolutions, costed as the forward convolution they differentiate.
+_BACKPROP_INPUT = ("Conv2DBackpropInput", "DepthwiseConv2dNativeBackpropInput")
+_BACKPROP_FILTER = ("Conv2DBackpropFilter", "DepthwiseConv2dNativeBackpropFilter")
 
 
 def _static(shape) -> list[int]:
@@ -32,6 +40,16 @@ def op_multiply_adds(op: tf.Operation) -> int:
         taps = kernel[0] * kernel[1]
         if t == "Conv2D":
             taps *= kernel[2]  # input channels per group
+        return int(np.prod(out)) * taps
+    if t in _BACKPROP_INPUT or t in _BACKPROP_FILTER:
+        # Inputs: (input or its sizes, filter or its sizes, out_backprop); out_backprop has
+        # the forward output's shape, and the filter's shape is input 1 (backprop input)
+        # or the output (backprop filter).
+        out = _static(op.inputs[2].shape)
+        kernel = _static(op.inputs[1].shape if t in _BACKPROP_INPUT else op.outputs[0].shape)
+        taps = kernel[0] * kernel[1]
+        if t.startswith("Conv2D"):
+            taps *= kernel[2]
         return int(np.prod(out)) * taps
     if t == "MatMul":
         a = _static(op.inputs[0].shape)
@@ -64,3 +82,15 @@ def nested_graphs(graph: tf.Graph) -> Iterator[tf.Graph]:
         inner = getattr(fn, "graph", None)
         if inner is not None:
             yield from nested_graphs(inner)
+
+
+def multiply_adds_by_type(graph: tf.Graph) -> dict[str, int]:
+    """Multiply-adds of `graph` and the functions it calls (`nested_graphs`, each counted
+    once), by op type; types that count none are left out."""
+    totals: dict[str, int] = collections.Counter()
+    for inner in nested_graphs(graph):
+        for op in inner.get_operations():
+            n = op_multiply_adds(op)
+            if n:
+                totals[op.type] += n
+    return dict(totals)

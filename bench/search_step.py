@@ -51,10 +51,13 @@ class BenchmarkStep:
     strategy: Any
     settings: dict  # the flags' values and the malloc arena cap, for the JSON report
 
-    def run(self) -> float:
-        """Runs the step on the next batch, waits for its result; returns seconds taken."""
+    def run(self, batch=None) -> float:
+        """Runs the step on `batch` (default: the next one), waits for its result; returns
+        the seconds taken."""
+        if batch is None:
+            batch = next(self.batches)
         t0 = time.perf_counter()
-        losses = self.step(next(self.batches))
+        losses = self.step(batch)
         float(losses[0])  # blocks until the step has finished
         return time.perf_counter() - t0
 
