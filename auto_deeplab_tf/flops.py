@@ -12,7 +12,6 @@ products, summed the other way), so a traced backward pass can be counted the sa
 
 from __future__ import annotations
 
-import collections
 from typing import Iterator
 
 import numpy as np
@@ -83,14 +82,3 @@ def nested_graphs(graph: tf.Graph) -> Iterator[tf.Graph]:
         if inner is not None:
             yield from nested_graphs(inner)
 
-
-def multiply_adds_by_type(graph: tf.Graph) -> dict[str, int]:
-    """Multiply-adds of `graph` and the functions it calls (`nested_graphs`, each counted
-    once), by op type; types that count none are left out."""
-    totals: dict[str, int] = collections.Counter()
-    for inner in nested_graphs(graph):
-        for op in inner.get_operations():
-            n = op_multiply_adds(op)
-            if n:
-                totals[op.type] += n
-    return dict(totals)
