@@ -11,7 +11,9 @@ class ConfusionMatrix(keras.metrics.Metric):
     """Accumulates a [num_classes, num_classes] confusion matrix (rows: truth).
 
     `update_state(labels, logits_or_predictions)` skips pixels whose label is
-    `ignore_label`; predictions may be logits ([..., num_classes]) or class ids.
+    `ignore_label` or outside [0, num_classes); predictions may be logits
+    ([..., num_classes]) or class ids (in [0, num_classes)). It runs on the device alone
+    (no value is read back to the host), so it can sit in a traced GPU training step.
     The variable sums across replicas, so it works under tf.distribute.
     """
 
@@ -30,12 +32,19 @@ class ConfusionMatrix(keras.metrics.Metric):
             predictions = tf.argmax(predictions, axis=-1, output_type=tf.int32)
         labels = tf.reshape(labels, [-1])
         predictions = tf.reshape(tf.cast(predictions, tf.int32), [-1])
+        c = self.num_classes
         valid = tf.logical_and(tf.not_equal(labels, self.ignore_label),
-                               tf.logical_and(labels >= 0, labels < self.num_classes))
-        counts = tf.math.confusion_matrix(tf.boolean_mask(labels, valid),
-                                          tf.boolean_mask(predictions, valid),
-                                          num_classes=self.num_classes, dtype=tf.float64)
-        self.matrix.assign_add(counts)
+                               tf.logical_and(labels >= 0, labels < c))
+        # Predictions come from an argmax; one out of range would land in another cell.
+        valid = tf.logical_and(valid, tf.logical_and(predictions >= 0, predictions < c))
+        # One segment per (truth, prediction) cell; invalid pixels get the id -1, which
+        # unsorted_segment_sum drops. Unlike boolean_mask (a Where, whose output size the
+        # GPU copies to the host) and tf.math.confusion_matrix (asserts on the values), this
+        # stays on the device, and it is deterministic on GPU too.
+        cells = tf.where(valid, labels * c + predictions, -tf.ones_like(labels))
+        counts = tf.math.unsorted_segment_sum(tf.ones_like(cells, dtype=tf.float64), cells,
+                                              c * c)
+        self.matrix.assign_add(tf.reshape(counts, [c, c]))
 
     def result(self):
         return mean_iou(self.matrix)
