@@ -124,6 +124,8 @@ def main(argv):
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
     })
+    # None on the CPU: get_memory_info has no allocator statistics for it.
+    result["peak_gpu_memory_gb"] = None
     if _DEVICE.value == "gpu":
         import tensorflow as tf
 
