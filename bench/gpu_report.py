@@ -24,7 +24,8 @@ PARTS = ("search_fp32", "search_mixed", "retrain")
 def project_search(bilevel_step_s: float, batch_size: int = 2) -> dict:
     """The projected time of the paper's search from one measured bilevel step."""
     defaults = search_lib.SearchConfig(model_dir="/unused")
-    steps = (CITYSCAPES_TRAIN_IMAGES // 2) // batch_size
+    half = CITYSCAPES_TRAIN_IMAGES // 2
+    steps = half // batch_size
     weight_only_epochs = min(defaults.arch_start_epoch, defaults.epochs)
     bilevel_epochs = defaults.epochs - weight_only_epochs
     # A weight-only step is the trainA half of a bilevel step (one forward+backward instead
@@ -42,8 +43,8 @@ def project_search(bilevel_step_s: float, batch_size: int = 2) -> dict:
         "weight_only_step_s": weight_only_step_s,
         "assumptions": [
             f"Cityscapes train ({CITYSCAPES_TRAIN_IMAGES} images) split into halves of "
-            f"{CITYSCAPES_TRAIN_IMAGES // 2} and {CITYSCAPES_TRAIN_IMAGES - CITYSCAPES_TRAIN_IMAGES // 2}"
-            f"; an epoch is the smaller half at batch {batch_size}: {steps} steps",
+            f"{half} and {CITYSCAPES_TRAIN_IMAGES - half}; an epoch is the smaller half at "
+            f"batch {batch_size}: {steps} steps",
             f"search defaults (auto_deeplab_tf/search.py): {defaults.epochs} epochs, "
             f"alpha/beta updated from epoch {defaults.arch_start_epoch}",
             "the bilevel step is the fp32 search step measured above, at its crop and sizes",
