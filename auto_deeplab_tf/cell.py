@@ -48,7 +48,8 @@ class SearchCell(keras.layers.Layer):
             self._targets.append(blocks)
             self._edge_rows.append([search_space.edge_index(b, s) for b in blocks])
             self.mixed_ops.append(MixedOp(filters, num_edges=len(blocks),
-                                          num_copies=self.num_copies, name=f"state{s}"))
+                                          num_copies=self.num_copies, name=f"state{s}",
+                                          dtype=self.dtype_policy))
 
     def build(self, h_prev_shape, h_prev_prev_shape=None):
         # Built up front (not lazily in call) so that the supernet's loop over stacked
@@ -99,6 +100,8 @@ class SearchCell(keras.layers.Layer):
         run as one batched call (`groups`); weights are the transitions' beta weights."""
         x = xs[0] if len(xs) == 1 else tf.concat(xs, axis=0)
         y = self(x, h_prev_prev, groups=len(xs), mixing=mixing, kernels=kernels)
+        # float32 beta weights meet 16-bit features under mixed precision.
+        weights = [tf.cast(w, y.dtype) for w in weights]
         if len(xs) == 1:
             return weights[0] * y
         return tf.add_n([w * part for w, part in zip(weights, tf.split(y, len(xs)))])

@@ -48,10 +48,11 @@ class ConvBNReLU(keras.layers.Layer):
         self.kernel = self.add_weight(name="kernel",
                                       shape=(k, k, int(input_shape[-1]), self.filters),
                                       initializer=ops.kernel_initializer())
-        self.bn = ops.make_norm(self.norm, name="bn", affine=True)
+        self.bn = ops.make_norm(self.norm, name="bn", affine=True, dtype=self.dtype_policy)
 
     def call(self, x, training=None):
-        y = tf.nn.conv2d(x, self.kernel, 1, "SAME", dilations=self.rate)
+        kernel = tf.cast(self.kernel, self.compute_dtype)  # mixed precision; else a no-op
+        y = ops.atrous_conv2d(x, kernel, self.rate)
         return tf.nn.relu(ops.apply_norm(self.bn, y, training=training))
 
     def get_config(self) -> dict[str, Any]:
@@ -70,12 +71,16 @@ class ASPP(keras.layers.Layer):
         self.rates = tuple(int(r) for r in rates)
         self.dropout_rate = float(dropout_rate)
         self.norm = norm
-        self.image_pooling = ConvBNReLU(self.filters, 1, norm=norm, name="image_pooling")
-        self.branch_1x1 = ConvBNReLU(self.filters, 1, norm=norm, name="conv_1x1")
-        self.atrous = [ConvBNReLU(self.filters, 3, rate=r, norm=norm, name=f"atrous_rate{r}")
+        policy = self.dtype_policy
+        self.image_pooling = ConvBNReLU(self.filters, 1, norm=norm, name="image_pooling",
+                                        dtype=policy)
+        self.branch_1x1 = ConvBNReLU(self.filters, 1, norm=norm, name="conv_1x1", dtype=policy)
+        self.atrous = [ConvBNReLU(self.filters, 3, rate=r, norm=norm, name=f"atrous_rate{r}",
+                                  dtype=policy)
                        for r in self.rates]
-        self.projection = ConvBNReLU(self.filters, 1, norm=norm, name="projection")
-        self.dropout = keras.layers.Dropout(self.dropout_rate, name="dropout")
+        self.projection = ConvBNReLU(self.filters, 1, norm=norm, name="projection",
+                                     dtype=policy)
+        self.dropout = keras.layers.Dropout(self.dropout_rate, name="dropout", dtype=policy)
 
     def call(self, x, training=None):
         size = spatial_size(x)
@@ -108,8 +113,10 @@ class Decoder(keras.layers.Layer):
         self.num_convs = int(num_convs)
         self.norm = norm
         self.low_level_projection = ConvBNReLU(self.low_level_filters, 1, norm=norm,
-                                               name="low_level_projection")
-        self.convs = [ConvBNReLU(self.filters, 3, norm=norm, name=f"conv{k}")
+                                               name="low_level_projection",
+                                               dtype=self.dtype_policy)
+        self.convs = [ConvBNReLU(self.filters, 3, norm=norm, name=f"conv{k}",
+                                 dtype=self.dtype_policy)
                       for k in range(self.num_convs)]
 
     def build(self, x_shape, low_level_shape):
@@ -126,7 +133,9 @@ class Decoder(keras.layers.Layer):
         y = tf.concat([resize_bilinear(x, spatial_size(low)), low], axis=-1)
         for conv in self.convs:
             y = conv(y, training=training)
-        return tf.nn.conv2d(y, self.logits_kernel, 1, "SAME") + self.logits_bias
+        kernel, bias = (tf.cast(w, self.compute_dtype)  # mixed precision; else no-ops
+                        for w in (self.logits_kernel, self.logits_bias))
+        return tf.nn.conv2d(y, kernel, 1, "SAME") + bias
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "num_classes": self.num_classes,

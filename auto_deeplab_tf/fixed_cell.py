@@ -39,17 +39,19 @@ def spatial_size(x):
 
 
 def resize_bilinear(x, size):
-    """Bilinear resize to `size`, a no-op when the (static) size already matches."""
+    """Bilinear resize to `size`, a no-op when the (static) size already matches; in x's
+    dtype (the resize itself returns float32 for 16-bit x, under mixed precision)."""
     if not isinstance(size, tf.Tensor) and list(x.shape[1:3]) == list(size):
         return x
-    return tf.image.resize(x, size, method="bilinear")
+    return tf.cast(tf.image.resize(x, size, method="bilinear"), x.dtype)
 
 
-def _make_cell_op(op_name: str, filters: int, stride: int, norm: str, name: str):
+def _make_cell_op(op_name: str, filters: int, stride: int, norm: str, name: str, dtype=None):
     if op_name.startswith("atrous_conv_") and stride == 2:
         kernel_size = int(op_name[-1])
-        return ops.AtrousConv(filters, kernel_size, rate=1, stride=2, norm=norm, name=name)
-    return ops.make_op(op_name, filters, stride=stride, norm=norm, name=name)
+        return ops.AtrousConv(filters, kernel_size, rate=1, stride=2, norm=norm, name=name,
+                              dtype=dtype)
+    return ops.make_op(op_name, filters, stride=stride, norm=norm, name=name, dtype=dtype)
 
 
 @keras.saving.register_keras_serializable(package="auto_deeplab_tf")
@@ -78,22 +80,25 @@ class FixedCell(keras.layers.Layer):
         self.filters = int(filters)
         self.transition = transition
         self.norm = norm
-        self.preprocess = ops.ReLUConvBN(self.filters, 1, norm=norm, name="preprocess")
+        self.preprocess = ops.ReLUConvBN(self.filters, 1, norm=norm, name="preprocess",
+                                         dtype=self.dtype_policy)
         self.block_ops = []
         for b, block in enumerate(self.genotype):
             pair = []
             for side, (state, op_name) in zip(("left", "right"), block):
                 stride = 2 if transition == "down" and state < 2 else 1
                 pair.append(_make_cell_op(op_name, self.filters, stride, norm,
-                                          name=f"block{b}_{side}_{op_name}"))
+                                          name=f"block{b}_{side}_{op_name}",
+                                          dtype=self.dtype_policy))
             self.block_ops.append(pair)
-        self.drop_path = DropPath(name="drop_path")
+        self.drop_path = DropPath(name="drop_path", dtype=self.dtype_policy)
 
     def build(self, h_prev_shape, h_prev_prev_shape):
         # The official cell projects H^{l-2} only when its channels differ from the cell's.
         self.project_prev_prev = int(h_prev_prev_shape[-1]) != self.filters
         self.prev_prev_projection = (
-            ops.ReLUConvBN(self.filters, 1, norm=self.norm, name="prev_prev_projection")
+            ops.ReLUConvBN(self.filters, 1, norm=self.norm, name="prev_prev_projection",
+                           dtype=self.dtype_policy)
             if self.project_prev_prev else None)
 
     def call(self, h_prev, h_prev_prev, size=None, keep_prob=1.0, training=None):

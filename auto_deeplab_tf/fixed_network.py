@@ -84,6 +84,9 @@ class AutoDeepLab(keras.Model):
         the `drop_path_progress` variable (0 = start of training, 1 = end), set with
         `set_drop_path_progress`, or by passing `drop_path_progress=` to call (as
         retraining does). Drop path only acts with training=True.
+      dtype: a Keras dtype policy, passed down to every layer (`precision.dtype_policy`):
+        under a mixed policy the network computes in 16 bits on float32 variables, BN
+        statistics in float32; the logits come out in the compute dtype.
     """
 
     def __init__(self, architecture: architecture_lib.Architecture | Mapping[str, Any] | str,
@@ -113,7 +116,8 @@ class AutoDeepLab(keras.Model):
         self.drop_path_keep_prob = float(drop_path_keep_prob)
         self.low_level_index = low_level_cell_index(self.architecture.path)
 
-        self.stem = Stem(self.stem_filters, norm="batch", name="stem")
+        policy = self.dtype_policy  # every layer computes as the model does
+        self.stem = Stem(self.stem_filters, norm="batch", name="stem", dtype=policy)
         self.cells = []
         previous = 0  # the stem's OS-4 output is at level 0
         for i, level in enumerate(self.architecture.path):
@@ -121,14 +125,15 @@ class AutoDeepLab(keras.Model):
             self.cells.append(FixedCell(
                 self.architecture.cell,
                 search_space.cell_filters(self.filter_multiplier, level),
-                transition=transition, norm="batch", name=f"cell_{i}"))
+                transition=transition, norm="batch", name=f"cell_{i}", dtype=policy))
             previous = level
         self.aspp = ASPP(self.aspp_filters, self.aspp_rates, self.aspp_dropout_rate,
-                         norm="batch", name="aspp")
+                         norm="batch", name="aspp", dtype=policy)
         self.decoder = Decoder(self.num_classes, self.low_level_filters, self.decoder_filters,
-                               norm="batch", name="decoder")
+                               norm="batch", name="decoder", dtype=policy)
         self.drop_path_progress = self.add_weight(
-            name="drop_path_progress", shape=(), initializer="zeros", trainable=False)
+            name="drop_path_progress", shape=(), initializer="zeros", trainable=False,
+            autocast=False)
 
     def set_drop_path_progress(self, progress: float) -> None:
         """Sets the fraction of training done (0..1) that ramps drop path in."""

@@ -126,8 +126,10 @@ class MixedOp(keras.layers.Layer):
 
     def _parts(self, copy=None) -> dict:
         """Every kernel by name, shaped [*shape] (or [num_copies, *shape] for a stacked
-        layer with `copy` None), as views of the flat weight."""
-        flat = tf.convert_to_tensor(stacking.select(self.flat_kernels, copy))
+        layer with `copy` None), as views of the flat weight, in the compute dtype (one
+        cast of the flat weight under mixed precision; none otherwise)."""
+        flat = tf.cast(tf.convert_to_tensor(stacking.select(self.flat_kernels, copy)),
+                       self.compute_dtype)
         lead = list(flat.shape[:-1])
         pieces = tf.split(flat, self._part_sizes, axis=-1)
         return {name: tf.reshape(piece, lead + list(shape))
@@ -194,20 +196,21 @@ class MixedOp(keras.layers.Layer):
             stacking.check_copy(self.num_copies, copy)
             kernels = self.kernels(copy)
         kernels = list(kernels)
-        edge_w, shared_w = split_weights
+        # Under mixed precision the (float32) mixing factors meet 16-bit features.
+        edge_w, shared_w = (None if w is None else tf.cast(w, x.dtype) for w in split_weights)
         terms = []
         stacked = []
         if self._sep:
             dw1, pw1, dw2, pw2 = kernels[:4]
             y = tf.tile(tf.nn.relu(x), [1, 1, 1, len(self._sep) * e])
             y = tf.nn.depthwise_conv2d(y, dw1, [1, 1, 1, 1], "SAME")
-            y = tf.nn.conv2d(y, pw1, 1, "SAME")  # grouped: one group per (size, edge)
+            y = ops.pointwise_conv2d(y, pw1)  # grouped: one group per (size, edge)
             y = tf.nn.relu(ops.group_batch_norm(y, groups))
             y = tf.nn.depthwise_conv2d(y, dw2, [1, 1, 1, 1], "SAME")
-            y = tf.nn.conv2d(y, pw2, 1, "SAME")
+            y = ops.pointwise_conv2d(y, pw2)
             stacked.append(ops.group_batch_norm(y, groups))
         if self._atrous:
-            y = tf.nn.conv2d(tf.nn.relu(x), kernels[-1], 1, "SAME", dilations=ATROUS_RATE)
+            y = ops.atrous_conv2d(tf.nn.relu(x), kernels[-1], ATROUS_RATE)
             stacked.append(ops.group_batch_norm(y, groups))
         if stacked:
             y = stacked[0] if len(stacked) == 1 else tf.concat(stacked, axis=-1)

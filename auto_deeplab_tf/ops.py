@@ -120,10 +120,11 @@ def _cross_replica_group_batch_norm(x, groups: int, epsilon: float,
     """Affine-free BN of each of `groups` consecutive batch slices of NHWC x, with the
     statistics of that slice on every replica."""
     shape = shape_list(x)
-    grouped = tf.reshape(x, [groups, -1, shape[-1]])
+    # Statistics in float32 under mixed precision (`precision`); a no-op for float32 x.
+    grouped = tf.cast(tf.reshape(x, [groups, -1, shape[-1]]), tf.float32)
     mean, variance = cross_replica_moments(grouped, context)
     y = (grouped - mean[:, None, :]) * tf.math.rsqrt(variance + epsilon)[:, None, :]
-    return tf.reshape(y, shape)
+    return tf.cast(tf.reshape(y, shape), x.dtype)
 
 
 @keras.saving.register_keras_serializable(package="auto_deeplab_tf")
@@ -198,10 +199,13 @@ def _fused_batch_norm(x, epsilon: float):
     where each saved tensor is a per-iteration accumulator with its own handful of ops in
     the forward, the backward and the outer graph; BN outputs were about half of them.
     The recomputation is one more read of x per BN.
+
+    For 16-bit x (mixed precision) scale, offset and the statistics are float32: the
+    kernel computes its moments in float32 and returns y in x's dtype.
     """
-    ones = tf.constant(1.0, x.dtype, shape=[x.shape[-1]])
-    zeros = tf.constant(0.0, x.dtype, shape=[x.shape[-1]])
-    empty = tf.constant([], x.dtype)
+    ones = tf.constant(1.0, tf.float32, shape=[x.shape[-1]])
+    zeros = tf.constant(0.0, tf.float32, shape=[x.shape[-1]])
+    empty = tf.constant([], tf.float32)
 
     def forward(x):
         return tf.raw_ops.FusedBatchNormV3(
@@ -240,16 +244,19 @@ def group_batch_norm(x, groups: int = 1, epsilon: float = SEARCH_BN_EPSILON,
         y = tf.concat([_fused_batch_norm(part, epsilon)
                        for part in tf.split(x, groups, axis=0)], axis=0)
     if gamma is not None:
-        y = y * gamma + beta
+        y = y * tf.cast(gamma, y.dtype) + tf.cast(beta, y.dtype)
     return y
 
 
-def make_norm(kind: str, name: str | None = None, affine: bool = False) -> keras.layers.Layer:
-    """The normalisation layer of a given kind (see module docstring)."""
+def make_norm(kind: str, name: str | None = None, affine: bool = False,
+              dtype=None) -> keras.layers.Layer:
+    """The normalisation layer of a given kind (see module docstring); `dtype`: its Keras
+    dtype policy (None: the global one), normally its parent layer's."""
     if kind == "search":
-        return GroupBatchNorm(affine=affine, name=name)
+        return GroupBatchNorm(affine=affine, name=name, dtype=dtype)
     if kind == "batch":
-        return SyncBatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
+        return SyncBatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name,
+                                      dtype=dtype)
     raise ValueError(f"unknown norm '{kind}', expected one of {NORM_KINDS}")
 
 
@@ -257,6 +264,37 @@ def apply_norm(layer: keras.layers.Layer, x, groups: int = 1, training=None):
     if isinstance(layer, GroupBatchNorm):
         return layer(x, groups=groups)
     return layer(x, training=training)
+
+
+def atrous_conv2d(x, kernel, rate: int):
+    """Stride-1 'SAME' NHWC convolution at dilation `rate`.
+
+    In float16 (--mixed_precision=fp16) a dilated convolution runs as a dilation-1 one
+    between space_to_batch and batch_to_space (`tf.nn.atrous_conv2d`, the same result):
+    TensorFlow's CPU kernels have no float16 gradient for dilated convolutions. Other
+    dtypes use the dilated convolution itself."""
+    if rate > 1 and x.dtype == tf.float16:
+        return tf.nn.atrous_conv2d(x, kernel, rate, "SAME")
+    return tf.nn.conv2d(x, kernel, 1, "SAME", dilations=rate)
+
+
+def pointwise_conv2d(x, kernel):
+    """1x1 NHWC convolution, grouped when the kernel's input depth [1, 1, C / G, O] is a
+    1/G share of x's C channels (each group of C / G channels to O / G outputs).
+
+    In float16 (--mixed_precision=fp16) a grouped one runs as an einsum over the groups
+    (the same result): TensorFlow's CPU kernels have no gradient for grouped convolutions
+    outside oneDNN's float32 and bfloat16. Other dtypes use the grouped convolution."""
+    c, c_in = int(x.shape[-1]), int(kernel.shape[2])
+    groups = c // c_in
+    if groups == 1 or x.dtype != tf.float16:
+        return tf.nn.conv2d(x, kernel, 1, "SAME")
+    shape = shape_list(x)
+    out = int(kernel.shape[3])
+    grouped_x = tf.reshape(x, shape[:3] + [groups, c_in])
+    grouped_k = tf.reshape(kernel, [c_in, groups, out // groups])
+    y = tf.einsum("nhwgc,cgo->nhwgo", grouped_x, grouped_k)
+    return tf.reshape(y, shape[:3] + [out])
 
 
 def downsample_size(size):
@@ -280,6 +318,13 @@ class CandidateOp(keras.layers.Layer):
     def _kernel(self, name, shape):
         return self.add_weight(name=name, shape=shape, initializer=kernel_initializer())
 
+    def _norm(self, name: str) -> keras.layers.Layer:
+        return make_norm(self.norm, name=name, dtype=self.dtype_policy)
+
+    def _cast(self, kernel):
+        """A float32 kernel in the compute dtype (mixed precision; else unchanged)."""
+        return tf.cast(kernel, self.compute_dtype)
+
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "stride": self.stride,
                 "norm": self.norm}
@@ -298,17 +343,17 @@ class SepConv(CandidateOp):
         self.pw1 = self._kernel("pointwise1", (1, 1, cin, f))
         self.dw2 = self._kernel("depthwise2", (k, k, f, 1))
         self.pw2 = self._kernel("pointwise2", (1, 1, f, f))
-        self.bn1 = make_norm(self.norm, name="bn1")
-        self.bn2 = make_norm(self.norm, name="bn2")
+        self.bn1 = self._norm("bn1")
+        self.bn2 = self._norm("bn2")
 
     def call(self, x, groups: int = 1, training=None):
         y = tf.nn.relu(x)
         s = self.stride
-        y = tf.nn.depthwise_conv2d(y, self.dw1, [1, s, s, 1], "SAME")
-        y = tf.nn.conv2d(y, self.pw1, 1, "SAME")
+        y = tf.nn.depthwise_conv2d(y, self._cast(self.dw1), [1, s, s, 1], "SAME")
+        y = tf.nn.conv2d(y, self._cast(self.pw1), 1, "SAME")
         y = tf.nn.relu(apply_norm(self.bn1, y, groups, training))
-        y = tf.nn.depthwise_conv2d(y, self.dw2, [1, 1, 1, 1], "SAME")
-        y = tf.nn.conv2d(y, self.pw2, 1, "SAME")
+        y = tf.nn.depthwise_conv2d(y, self._cast(self.dw2), [1, 1, 1, 1], "SAME")
+        y = tf.nn.conv2d(y, self._cast(self.pw2), 1, "SAME")
         return apply_norm(self.bn2, y, groups, training)
 
     def get_config(self):
@@ -330,13 +375,15 @@ class AtrousConv(CandidateOp):
     def build(self, input_shape):
         k = self.kernel_size
         self.kernel = self._kernel("kernel", (k, k, int(input_shape[-1]), self.filters))
-        self.bn = make_norm(self.norm, name="bn")
+        self.bn = self._norm("bn")
 
     def call(self, x, groups: int = 1, training=None):
         y = tf.nn.relu(x)
         if self.stride == 2:
-            y = tf.image.resize(y, downsample_size(tf.shape(y)[1:3]), method="bilinear")
-        y = tf.nn.conv2d(y, self.kernel, 1, "SAME", dilations=self.rate)
+            # The resize returns float32 whatever its input: back to the compute dtype.
+            y = tf.cast(tf.image.resize(y, downsample_size(tf.shape(y)[1:3]),
+                                        method="bilinear"), y.dtype)
+        y = atrous_conv2d(y, self._cast(self.kernel), self.rate)
         return apply_norm(self.bn, y, groups, training)
 
     def get_config(self):
@@ -363,14 +410,13 @@ class Pool(CandidateOp):
         self.project = cin != self.filters
         if self.project:
             self.kernel = self._kernel("kernel", (1, 1, cin, self.filters))
-        self.bn = make_norm(self.norm, name="bn") if (self.project or self.norm == "search") \
-            else None
+        self.bn = self._norm("bn") if (self.project or self.norm == "search") else None
 
     def call(self, x, groups: int = 1, training=None):
         pool = tf.nn.avg_pool2d if self.pool_type == "avg" else tf.nn.max_pool2d
         y = pool(x, self.pool_size, self.stride, "SAME")
         if self.project:
-            y = tf.nn.conv2d(tf.nn.relu(y), self.kernel, 1, "SAME")
+            y = tf.nn.conv2d(tf.nn.relu(y), self._cast(self.kernel), 1, "SAME")
         if self.bn is not None:
             y = apply_norm(self.bn, y, groups, training)
         return y
@@ -387,12 +433,12 @@ class Skip(CandidateOp):
         self.project = self.stride != 1 or cin != self.filters
         if self.project:
             self.kernel = self._kernel("kernel", (1, 1, cin, self.filters))
-            self.bn = make_norm(self.norm, name="bn")
+            self.bn = self._norm("bn")
 
     def call(self, x, groups: int = 1, training=None):
         if not self.project:
             return x
-        y = tf.nn.conv2d(tf.nn.relu(x), self.kernel, self.stride, "SAME")
+        y = tf.nn.conv2d(tf.nn.relu(x), self._cast(self.kernel), self.stride, "SAME")
         return apply_norm(self.bn, y, groups, training)
 
 
@@ -406,9 +452,10 @@ class Zero(CandidateOp):
 
 
 def make_op(op_name: str, filters: int, stride: int = 1, norm: str = "batch",
-            name: str | None = None) -> CandidateOp:
-    """Builds the candidate op called `op_name` (one of `search_space.OPS`)."""
-    kw = dict(stride=stride, norm=norm, name=name or op_name)
+            name: str | None = None, dtype=None) -> CandidateOp:
+    """Builds the candidate op called `op_name` (one of `search_space.OPS`); `dtype`: its
+    Keras dtype policy (None: the global one)."""
+    kw = dict(stride=stride, norm=norm, name=name or op_name, dtype=dtype)
     if op_name == "sep_conv_3x3":
         return SepConv(filters, 3, **kw)
     if op_name == "sep_conv_5x5":
@@ -461,15 +508,17 @@ class ReLUConvBN(keras.layers.Layer):
         self.kernel = self.add_weight(
             name="kernel", shape=stacking.stacked_shape(self.num_copies, shape),
             initializer=stacking.stacked_initializer(kernel_initializer, self.num_copies))
-        self.bn = make_norm(self.norm, name="bn", affine=self.affine)
+        self.bn = make_norm(self.norm, name="bn", affine=self.affine, dtype=self.dtype_policy)
 
     def kernels(self, copy=None) -> list:
-        """[kernel] (of copy `copy`; of all copies, stacked, when None)."""
-        return [stacking.select(self.kernel, copy)]
+        """[kernel] (of copy `copy`; of all copies, stacked, when None), in the compute
+        dtype."""
+        return [tf.cast(stacking.select(self.kernel, copy), self.compute_dtype)]
 
     def call(self, x, size=None, groups: int = 1, training=None, copy=None, kernels=None):
         if size is not None:
-            x = tf.image.resize(x, size, method="bilinear")
+            # The resize returns float32 whatever its input: back to the compute dtype.
+            x = tf.cast(tf.image.resize(x, size, method="bilinear"), x.dtype)
         if kernels is None:
             stacking.check_copy(self.num_copies, copy)
             kernels = self.kernels(copy)
@@ -484,13 +533,15 @@ class ReLUConvBN(keras.layers.Layer):
 
 
 def search_transition(source_level: int, level: int, filters: int, name_prefix: str,
-                      num_copies: int | None = None) -> ReLUConvBN:
+                      num_copies: int | None = None, dtype=None) -> ReLUConvBN:
     """The supernet's transition from a node at `source_level` to one at `level`: finer ->
     coarser ReLU-conv3x3/2-BN, same level or coarser -> finer (after a bilinear resize in
-    the call) ReLU-conv1x1-BN; search BN, named `{name_prefix}_{down|same|up}_{s}to{l}`."""
+    the call) ReLU-conv1x1-BN; search BN, named `{name_prefix}_{down|same|up}_{s}to{l}`;
+    `dtype`: its Keras dtype policy."""
     kind = "down" if source_level < level else "same" if source_level == level else "up"
     name = f"{name_prefix}_{kind}_{source_level}to{level}"
     if kind == "down":
         return ReLUConvBN(filters, 3, stride=2, norm="search", num_copies=num_copies,
-                          name=name)
-    return ReLUConvBN(filters, 1, norm="search", num_copies=num_copies, name=name)
+                          name=name, dtype=dtype)
+    return ReLUConvBN(filters, 1, norm="search", num_copies=num_copies, name=name,
+                      dtype=dtype)

@@ -44,6 +44,7 @@ from auto_deeplab_tf import checkpointing
 from auto_deeplab_tf import distribute
 from auto_deeplab_tf import losses as losses_lib
 from auto_deeplab_tf import palette as palette_lib
+from auto_deeplab_tf import precision
 from auto_deeplab_tf import progress as progress_lib
 from auto_deeplab_tf import summaries
 from auto_deeplab_tf.fixed_network import MODEL_SIZES, AutoDeepLab
@@ -57,7 +58,7 @@ MODEL_NAME = "autodeeplab"
 LEARNING_POWER = 0.9
 
 # Settings that must not change when a run resumes: they define the model, the data order or
-# the schedule.
+# the schedule. (mixed_precision may change between off and bf16: `precision.check_resume`.)
 _RESUME_KEYS = ("dataset", "filter_multiplier", "stem_filters", "aspp_filters",
                 "decoder_filters", "batch_size", "crop_size", "min_scale", "max_scale", "seed",
                 "train_steps", "num_classes", "optimizer")
@@ -100,11 +101,15 @@ class RetrainConfig:
     num_summary_images: int = 3
     deterministic: bool = False
     jit_compile: bool = False
+    # off (float32), bf16 or fp16 (with loss scaling) for training: `precision`. Evaluation,
+    # prediction and export build the network in float32 from the same float32 weights.
+    mixed_precision: str = "off"
     collective_communication: str = "auto"  # multi_worker: auto, ring or nccl
     collective_timeout_s: float = distribute.DEFAULT_COLLECTIVE_TIMEOUT_S  # 0: unbounded
     num_classes: int | None = None  # filled in from the dataset
 
     def validate(self) -> None:
+        precision.validate(self.mixed_precision)
         positive = ("filter_multiplier", "aspp_filters", "decoder_filters", "crop_size",
                     "batch_size", "train_steps", "checkpoint_every_steps", "log_every_steps")
         for name in positive:
@@ -157,8 +162,10 @@ def load_architecture(spec: str) -> architecture_lib.Architecture:
         raise ValueError(f"--architecture={spec}: {message}") from e
 
 
-def build_model(model_config: dict[str, Any]) -> AutoDeepLab:
-    """The network described by a retrain_config.json dict, with its weights created."""
+def build_model(model_config: dict[str, Any], mixed_precision: str = "off") -> AutoDeepLab:
+    """The network described by a retrain_config.json dict, with its weights created;
+    `mixed_precision` (a `precision` mode) sets its dtype policy. The weights are float32
+    under every mode, so a checkpoint loads whichever mode wrote it."""
     model = AutoDeepLab(
         architecture_lib.Architecture.from_dict(model_config["architecture_spec"]),
         num_classes=model_config["num_classes"],
@@ -167,7 +174,7 @@ def build_model(model_config: dict[str, Any]) -> AutoDeepLab:
         aspp_filters=model_config["aspp_filters"],
         decoder_filters=model_config["decoder_filters"],
         drop_path_keep_prob=model_config.get("drop_path_keep_prob", 1.0),
-        name=MODEL_NAME)
+        name=MODEL_NAME, dtype=precision.dtype_policy(mixed_precision))
     model.build((None, None, None, 3))
     if "bn_momentum" in model_config:  # read when a training call is traced: set it after build
         for layer in model._flatten_layers(include_self=False, recursive=True):
@@ -269,6 +276,9 @@ def _check_resume_config(config_dict: dict, model_dir: str, write: bool = True) 
                 f"{path}: this run has --{flag}={shown} but {model_dir} holds a retraining "
                 f"run with a different {flag} ({saved.get(flag, saved[key])}); resume with "
                 "the same settings or use another --model_dir")
+        # Runs written before the flag existed ran in float32.
+        precision.check_resume(saved.get("mixed_precision", "off"),
+                               config_dict["mixed_precision"], path)
     if not write:
         return
     atomic_write.write_json(path, config_dict)
@@ -299,7 +309,10 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
             # The decay term is the same on every replica and summed with the gradients.
             l2 = weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in decayed]) / num_replicas
             loss = ce + l2
-        grads = tape.gradient(loss, trainable)
+            # Times the loss scale under fp16 (a LossScaleOptimizer, which divides it out
+            # of the gradients it applies); the loss itself otherwise.
+            scaled = optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled, trainable)
         optimizer.apply_gradients(zip(grads, trainable))
         return tf.stack([ce, l2])
 
@@ -391,7 +404,7 @@ def run_retrain(config: RetrainConfig,
     _check_resume_config(config_dict, model_dir, write=is_chief)
 
     with strategy.scope():
-        model = build_model(config_dict)
+        model = build_model(config_dict, config.mixed_precision)
         schedule = keras.optimizers.schedules.PolynomialDecay(
             config.base_learning_rate, decay_steps=config.train_steps,
             end_learning_rate=0.0, power=LEARNING_POWER)
@@ -399,6 +412,7 @@ def run_retrain(config: RetrainConfig,
             optimizer = keras.optimizers.Adam(schedule, name="adam")
         else:
             optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum, name="sgd")
+        optimizer = precision.wrap_optimizer(optimizer, config.mixed_precision)
         optimizer.build(model.trainable_variables)
     # Read and written only from Python, between steps: a plain variable, not a mirrored one.
     step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")

@@ -38,6 +38,7 @@ from auto_deeplab_tf import common
 from auto_deeplab_tf import decoding
 from auto_deeplab_tf import distribute
 from auto_deeplab_tf import metrics as metrics_lib
+from auto_deeplab_tf import precision
 from auto_deeplab_tf import progress
 from auto_deeplab_tf import search_space
 from auto_deeplab_tf import summaries
@@ -50,6 +51,7 @@ CHECKPOINT_SUBDIR = "checkpoints"
 EPOCH_ARCH_SUBDIR = "architectures"
 
 # Settings that must not change when a run resumes: they define the model or the data.
+# (mixed_precision may change between off and bf16: `precision.check_resume`.)
 _RESUME_KEYS = ("dataset", "filter_multiplier", "num_layers", "num_blocks", "num_levels",
                 "loop_uniform_layers", "batch_size", "crop_size", "scale", "seed", "epochs",
                 "steps_per_epoch", "weight_optimizer")
@@ -104,10 +106,13 @@ class SearchConfig:
     max_steps: int | None = None  # stop (after checkpointing) once this many steps are done
     deterministic: bool = False
     jit_compile: bool = False
+    # off (float32), bf16 or fp16 (with loss scaling): `precision`.
+    mixed_precision: str = "off"
     collective_communication: str = "auto"  # multi_worker: auto, ring or nccl
     collective_timeout_s: float = distribute.DEFAULT_COLLECTIVE_TIMEOUT_S  # 0: unbounded
 
     def validate(self) -> None:
+        precision.validate(self.mixed_precision)
         positive = ("epochs", "batch_size", "crop_size", "filter_multiplier", "num_layers",
                     "num_blocks", "num_levels", "checkpoint_every_steps", "log_every_steps")
         for name in positive:
@@ -161,6 +166,9 @@ def _check_resume_config(config: SearchConfig, model_dir: str, write: bool = Tru
                     f"{path}: this run has --{key}={current[key]} but {model_dir} holds a "
                     f"search with --{key}={saved[key]}; resume with the same settings or use "
                     "another --model_dir")
+        # Runs written before the flag existed ran in float32.
+        precision.check_resume(saved.get("mixed_precision", "off"), config.mixed_precision,
+                               path)
         version = saved.get(_VERSION_KEY, 1)
         # A finished search only reports its result again, which is safe to do.
         unfinished = _unfinished_checkpoint(model_dir, config.epochs) \
@@ -184,7 +192,8 @@ def build_search_model(config: SearchConfig, num_classes: int, total_steps: int,
                         num_blocks=config.num_blocks, num_layers=config.num_layers,
                         num_levels=config.num_levels,
                         loop_uniform_layers=config.loop_uniform_layers,
-                        seed=config.seed, ignore_label=ignore_label, name="supernet")
+                        seed=config.seed, ignore_label=ignore_label, name="supernet",
+                        dtype=precision.dtype_policy(config.mixed_precision))
     model.build((None, None, None, 3))
     schedule = keras.optimizers.schedules.CosineDecay(
         config.weight_lr, decay_steps=max(1, total_steps),
@@ -195,6 +204,9 @@ def build_search_model(config: SearchConfig, num_classes: int, total_steps: int,
         weight_optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum,
                                                 name="weight_sgd")
     arch_optimizer = keras.optimizers.Adam(config.arch_lr, name="arch_adam")
+    # fp16: both under a loss scale of their own (search_model's docstring says why).
+    weight_optimizer = precision.wrap_optimizer(weight_optimizer, config.mixed_precision)
+    arch_optimizer = precision.wrap_optimizer(arch_optimizer, config.mixed_precision)
     model.configure_search(weight_optimizer, arch_optimizer,
                            weight_decay=config.weight_decay,
                            arch_weight_decay=config.arch_weight_decay)

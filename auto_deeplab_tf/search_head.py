@@ -36,19 +36,27 @@ class SearchASPP(keras.layers.Layer):
         self.k_logits = kernel("logits", (1, 1, 3 * f, self.num_classes))
         self.b_logits = self.add_weight(name="logits_bias", shape=(self.num_classes,),
                                         initializer="zeros")
-        self.bn_1x1 = ops.make_norm("search", name="bn_1x1", affine=True)
-        self.bn_atrous = ops.make_norm("search", name="bn_atrous", affine=True)
+        self.bn_1x1 = ops.make_norm("search", name="bn_1x1", affine=True,
+                                    dtype=self.dtype_policy)
+        self.bn_atrous = ops.make_norm("search", name="bn_atrous", affine=True,
+                                       dtype=self.dtype_policy)
 
     def call(self, x, output_size):
-        b1 = tf.nn.relu(self.bn_1x1(tf.nn.conv2d(x, self.k_1x1, 1, "SAME")))
-        b2 = tf.nn.relu(self.bn_atrous(tf.nn.conv2d(x, self.k_atrous, 1, "SAME",
-                                                    dilations=self.rate)))
+        # Weights in the compute dtype (mixed precision; else no-ops).
+        k_1x1, k_atrous, k_pool, b_pool, k_logits, b_logits = (
+            tf.cast(w, self.compute_dtype) for w in (
+                self.k_1x1, self.k_atrous, self.k_pool, self.b_pool, self.k_logits,
+                self.b_logits))
+        b1 = tf.nn.relu(self.bn_1x1(tf.nn.conv2d(x, k_1x1, 1, "SAME")))
+        b2 = tf.nn.relu(self.bn_atrous(ops.atrous_conv2d(x, k_atrous, self.rate)))
         pooled = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
-        b3 = tf.nn.relu(tf.nn.conv2d(pooled, self.k_pool, 1, "SAME") + self.b_pool)
+        b3 = tf.nn.relu(tf.nn.conv2d(pooled, k_pool, 1, "SAME") + b_pool)
         b3 = tf.broadcast_to(b3, tf.shape(b1))
         y = tf.concat([b1, b2, b3], axis=-1)
-        logits = tf.nn.conv2d(y, self.k_logits, 1, "SAME") + self.b_logits
-        return tf.image.resize(logits, output_size, method="bilinear")
+        logits = tf.nn.conv2d(y, k_logits, 1, "SAME") + b_logits
+        # The resize returns float32 whatever its input: back to the compute dtype.
+        return tf.cast(tf.image.resize(logits, output_size, method="bilinear"),
+                       logits.dtype)
 
     def get_config(self):
         return {**super().get_config(), "num_classes": self.num_classes,

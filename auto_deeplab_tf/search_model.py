@@ -16,6 +16,12 @@ sum of its cross-entropies divided by the global count of valid pixels) and the 
 is scaled by 1 / num_replicas, and the optimizer sums the replicas' gradients. The
 supernet then runs without the nested function and the loop that the single-device step
 uses (TF cannot all-reduce inside them; see `_descend`).
+
+Under --mixed_precision=fp16 both optimizers are `LossScaleOptimizer`s (`precision`), each
+with its own dynamic scale: the gradients of alpha and beta flow back through the same
+16-bit activations as those of the weights, so they can underflow alike, and a step that
+overflows for one half of the bilevel step need not for the other. The shared forward and
+backward pass takes the scale of the optimizer it serves.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import keras
 import tensorflow as tf
 
 from auto_deeplab_tf import ops
+from auto_deeplab_tf import precision
 from auto_deeplab_tf.losses import count_valid, global_count_valid, masked_cross_entropy
 from auto_deeplab_tf.metrics import ConfusionMatrix
 from auto_deeplab_tf.supernet import AutoDeepLabSupernet
@@ -70,13 +77,15 @@ class SearchModel(AutoDeepLabSupernet):
     def search_metrics(self) -> list:
         return [self.loss_a, self.loss_b, self.confusion_a, self.confusion_b]
 
-    def _loss_and_gradients_eager(self, images, labels, num_valid):
+    def _loss_and_gradients_eager(self, images, labels, num_valid, loss_scale=None):
         """(this replica's share of the loss, logits, gradients of every trainable
-        variable); `num_valid`: the valid pixels of the global batch."""
+        variable); `num_valid`: the valid pixels of the global batch. With `loss_scale`
+        (fp16) the gradients are those of the loss times it; the loss is unscaled."""
         with tf.GradientTape() as tape:
             logits = self(images, training=True)
             loss = masked_cross_entropy(labels, logits, self.ignore_label, num_valid)
-        return loss, logits, tape.gradient(loss, self.trainable_variables)
+            scaled = loss if loss_scale is None else loss * loss_scale
+        return loss, logits, tape.gradient(scaled, self.trainable_variables)
 
     def _descend(self, images, labels, variables, optimizer, decay):
         """One optimizer step on (images, labels); returns (the loss of the global batch,
@@ -89,7 +98,14 @@ class SearchModel(AutoDeepLabSupernet):
         # unroll its loop) instead of calling the shared function.
         compute = (self._loss_and_gradients if ops.search_bn_context() is None
                    else self._loss_and_gradients_eager)
-        share, logits, all_grads = compute(images, labels, num_valid)
+        scale = precision.loss_scale(optimizer)  # None but under fp16
+        if scale is None:
+            share, logits, all_grads = compute(images, labels, num_valid)
+        else:
+            scale = tf.convert_to_tensor(scale)
+            share, logits, all_grads = compute(images, labels, num_valid, scale)
+            # The optimizer divides by the scale what it applies, decay term included.
+            decay = decay * scale
         context = ops.cross_replica_context()
         # stop_gradient: nothing to differentiate, and it spares the all-reduce's custom
         # gradient a walk through the whole graph (`ops.cross_replica_gather`).

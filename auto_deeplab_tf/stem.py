@@ -30,11 +30,14 @@ class Stem(keras.layers.Layer):
         for k, (a, b) in enumerate(zip((cin,) + self.filters[:-1], self.filters)):
             self.kernels.append(self.add_weight(name=f"kernel{k}", shape=(3, 3, a, b),
                                                 initializer=ops.kernel_initializer()))
-        self.norms = [ops.make_norm(self.norm, name=f"bn{k}", affine=True) for k in range(3)]
+        self.norms = [ops.make_norm(self.norm, name=f"bn{k}", affine=True,
+                                    dtype=self.dtype_policy) for k in range(3)]
 
     def call(self, images, training=None):
         def conv_bn(x, k, stride):
-            y = tf.nn.conv2d(x, self.kernels[k], stride, "SAME")
+            # Kernels in the compute dtype (mixed precision; else a no-op).
+            kernel = tf.cast(self.kernels[k], self.compute_dtype)
+            y = tf.nn.conv2d(x, kernel, stride, "SAME")
             return ops.apply_norm(self.norms[k], y, training=training)
 
         y = tf.nn.relu(conv_bn(images, 0, 2))

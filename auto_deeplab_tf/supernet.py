@@ -87,6 +87,11 @@ class AutoDeepLabSupernet(keras.Model):
 
     alpha and beta start as independent ARCH_INIT_STDDEV * N(0, 1) draws, made from `seed`
     alone when it is given (`arch_initializer`).
+
+    `dtype` (a Keras dtype policy, e.g. `precision.dtype_policy(mode)`) is passed down to
+    every layer. Under a mixed policy the cells, transitions, stem and heads compute in
+    16 bits on float32 variables, while alpha, beta and their normalisation stay float32
+    (their variables are not autocast) and are cast only where they weight features.
     """
 
     def __init__(self, num_classes: int, filter_multiplier: int = 8, num_blocks: int = 5,
@@ -117,14 +122,15 @@ class AutoDeepLabSupernet(keras.Model):
         # Layers 1..unrolled_layers get their own cells; the rest run in the loop.
         unrolled_layers = self.num_layers - self.num_looped_layers
 
-        self.stem = Stem(self.stem_filters, norm="search", name="stem")
+        policy = self.dtype_policy  # every layer computes as the model does
+        self.stem = Stem(self.stem_filters, norm="search", name="stem", dtype=policy)
         self.cells, self.transitions, self.prev_prev = [], [], []
         plan = []
         for layer, level in search_space.trellis_nodes(unrolled_layers, self.num_levels):
             filters = search_space.cell_filters(self.filter_multiplier, level)
             sources = []
             for source in search_space.incoming_levels(layer, level, self.num_levels):
-                t = ops.search_transition(source, level, filters, f"l{layer}")
+                t = ops.search_transition(source, level, filters, f"l{layer}", dtype=policy)
                 sources.append((source, len(self.transitions),
                                 search_space.direction(source, level)))
                 self.transitions.append(t)
@@ -135,30 +141,33 @@ class AutoDeepLabSupernet(keras.Model):
                 pp_level = min(level, max(search_space.levels_at_layer(pp_layer,
                                                                         self.num_levels)))
             self.prev_prev.append(ops.ReLUConvBN(filters, 1, norm="search",
-                                                 name=f"l{layer}_level{level}_prev_prev"))
+                                                 name=f"l{layer}_level{level}_prev_prev",
+                                                 dtype=policy))
             self.cells.append(SearchCell(filters, self.num_blocks,
-                                         name=f"cell_l{layer}_level{level}"))
+                                         name=f"cell_l{layer}_level{level}", dtype=policy))
             plan.append((layer, level, tuple(sources), pp_layer, pp_level))
         self._plan = tuple(plan)
         self.uniform = None
         if self.num_looped_layers:
             self.uniform = UniformLayers(self.num_looped_layers, self.filter_multiplier,
                                          self.num_blocks, self.num_levels,
-                                         name="uniform_layers")
+                                         name="uniform_layers", dtype=policy)
         self.heads = []
         for level in search_space.levels_at_layer(self.num_layers, self.num_levels):
             rate = max(1, self.head_base_rate // (4 * 2**level))
             self.heads.append(SearchASPP(self.num_classes, self.head_filters, rate,
-                                         name=f"aspp_level{level}"))
+                                         name=f"aspp_level{level}", dtype=policy))
 
+        # autocast=False: read as float32 even inside a mixed-precision call, so their
+        # softmax and normalisation are float32 (`precision`).
         self.alpha = self.add_weight(name=ALPHA_NAME,
                                      initializer=arch_initializer(self.seed, ALPHA_STREAM),
                                      shape=(search_space.num_edges(self.num_blocks),
-                                            search_space.NUM_OPS))
+                                            search_space.NUM_OPS), autocast=False)
         self.beta = self.add_weight(name=BETA_NAME,
                                     initializer=arch_initializer(self.seed, BETA_STREAM),
                                     shape=(self.num_layers, self.num_levels,
-                                           search_space.NUM_DIRECTIONS))
+                                           search_space.NUM_DIRECTIONS), autocast=False)
         self._beta_mask = search_space.beta_mask(self.num_layers, self.num_levels)
 
     # -- architecture parameters ---------------------------------------------------------
@@ -206,7 +215,12 @@ class AutoDeepLabSupernet(keras.Model):
             alpha_w, beta_w, head_w = self.alpha_weights(), self.beta_weights(), None
         else:
             alpha_w, beta_w, head_w = arch_weights
-        mixing = self.cells[0].mixing_weights(alpha_w)
+        # Normalised in float32, cast once to the compute dtype (a no-op in float32) where
+        # they meet the features: not once per cell that uses them.
+        compute = self.compute_dtype
+        mixing = [tuple(None if w is None else tf.cast(w, compute) for w in state)
+                  for state in self.cells[0].mixing_weights(alpha_w)]
+        beta_w = tf.cast(beta_w, compute)
         os2, os4 = self.stem(images)
         sizes = [tf.shape(os4)[1:3]]
         for _ in range(self.num_levels - 1):
@@ -244,7 +258,7 @@ class AutoDeepLabSupernet(keras.Model):
         image_size = tf.shape(images)[1:3]
         logits = [head(last[level], image_size) for level, head in enumerate(self.heads)]
         if head_w is not None:
-            logits = [head_w[level] * x for level, x in enumerate(logits)]
+            logits = [tf.cast(head_w[level], x.dtype) * x for level, x in enumerate(logits)]
         return tf.add_n(logits)
 
     def build(self, input_shape):

@@ -82,16 +82,18 @@ class UniformLayers(keras.layers.Layer):
             sources = []
             for source in search_space.incoming_levels(layer, level, self.num_levels):
                 t = ops.search_transition(source, level, filters, f"level{level}",
-                                          num_copies=self.num_copies)
+                                          num_copies=self.num_copies,
+                                          dtype=self.dtype_policy)
                 sources.append((source, search_space.direction(source, level),
                                 len(self.transitions)))
                 self.transitions.append(t)
             self._sources.append(tuple(sources))
             self.prev_prev.append(ops.ReLUConvBN(filters, 1, norm="search",
                                                  num_copies=self.num_copies,
-                                                 name=f"level{level}_prev_prev"))
+                                                 name=f"level{level}_prev_prev",
+                                                 dtype=self.dtype_policy))
             self.cells.append(SearchCell(filters, self.num_blocks, num_copies=self.num_copies,
-                                         name=f"cell_level{level}"))
+                                         name=f"cell_level{level}", dtype=self.dtype_policy))
 
     def node_channels(self, level: int) -> int:
         """Channels of a node's output at `level`: B * F * 2**level."""

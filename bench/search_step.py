@@ -1,7 +1,8 @@
 """Benchmark: one bilevel search step (one w step + one alpha/beta step).
 
   python -m bench.search_step --filter_multiplier=8 --num_layers=12 --num_classes=19 \
-      --batch_size=2 --crop_size=64 [--steps=5] [--device=cpu|gpu] [--jit_compile]
+      --batch_size=2 --crop_size=64 [--steps=5] [--device=cpu|gpu] [--jit_compile] \
+      [--mixed_precision=off|bf16|fp16]
 
 Prints one JSON line: the median step time over --steps timed steps (after one warm-up
 step that traces the graph), the trace+first-step time, the process's peak RSS and, on a
@@ -35,6 +36,10 @@ _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after one warm-up step).
 _DEVICE = flags.DEFINE_enum("device", "cpu", ["cpu", "gpu"], "Where to run.")
 _LOOP = flags.DEFINE_bool("loop_uniform_layers", True, "As train.search's flag.")
 _JIT = flags.DEFINE_bool("jit_compile", False, "Compile the step with XLA.")
+# The values of auto_deeplab_tf.precision.MODES (not imported here: TensorFlow is imported
+# only once the malloc arenas are capped).
+_MIXED = flags.DEFINE_enum("mixed_precision", "off", ["off", "bf16", "fp16"],
+                           "As train.search's flag.")
 _ARENAS = flags.DEFINE_integer("max_malloc_arenas", 1, "Cap on glibc malloc arenas, as the "
                                "train scripts set it (auto_deeplab_tf/allocator.py); 0 leaves "
                                "glibc's default. MALLOC_ARENA_MAX, when set, wins.",
@@ -79,7 +84,8 @@ def build_benchmark_step(num_batches: int) -> BenchmarkStep:
     config = search_lib.SearchConfig(model_dir="/unused", filter_multiplier=_F.value,
                                      num_layers=_L.value, num_blocks=_B.value,
                                      batch_size=_BATCH.value, crop_size=_CROP.value,
-                                     loop_uniform_layers=_LOOP.value)
+                                     loop_uniform_layers=_LOOP.value,
+                                     mixed_precision=_MIXED.value)
     with strategy.scope():
         model = search_lib.build_search_model(config, _CLASSES.value, total_steps=1000)
     step = search_lib.make_step_function(model, strategy, update_arch=True,
@@ -97,6 +103,7 @@ def build_benchmark_step(num_batches: int) -> BenchmarkStep:
         "filter_multiplier": _F.value, "num_layers": _L.value, "num_blocks": _B.value,
         "num_classes": _CLASSES.value, "batch_size": _BATCH.value, "crop_size": _CROP.value,
         "device": _DEVICE.value, "jit_compile": _JIT.value,
+        "mixed_precision": _MIXED.value,
         "loop_uniform_layers": _LOOP.value,
         "malloc_arenas": (_ARENAS.value if arenas_capped else
                           os.environ.get("MALLOC_ARENA_MAX") or "glibc default"),

@@ -10,6 +10,7 @@ from absl import app
 from absl import flags
 
 from auto_deeplab_tf import distribute
+from auto_deeplab_tf import precision
 from auto_deeplab_tf import script_hygiene
 
 
@@ -83,6 +84,18 @@ def distribute_flags(strategy_help: str) -> list:
 
 
 DISTRIBUTE_FLAGS = ("strategy", "collective_communication", "collective_timeout_s")
+
+
+def mixed_precision_flag() -> flags.Flag:
+    """--mixed_precision (train.search and train.retrain); define it in the script with
+    `flags.DEFINE_flag`, as `distribute_flags`."""
+    return flags.EnumFlag(
+        "mixed_precision", "off",
+        "off: float32 throughout. bf16 / fp16: convolutions and activations in bfloat16 / "
+        "float16 on float32 variables (Keras' mixed_bfloat16 / mixed_float16 policies); "
+        "BN statistics, the loss and the architecture parameters stay float32; fp16 adds "
+        "dynamic loss scaling. A run may resume switching between off and bf16, not to or "
+        "from fp16.", list(precision.MODES))
 
 
 def exit_multi_worker_failure(error, job: str, model_dir: str) -> NoReturn:

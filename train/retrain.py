@@ -76,6 +76,7 @@ _MAX_STEPS = flags.DEFINE_integer("max_steps", None, "Stop once this step is rea
 _DETERMINISTIC = flags.DEFINE_bool("deterministic", False, "Enable TensorFlow op determinism "
                                    "(reproducible, somewhat slower).")
 _JIT = flags.DEFINE_bool("jit_compile", False, "Compile the training step with XLA.")
+flags.DEFINE_flag(cli.mixed_precision_flag())
 
 # The demo's small retraining: about 5 minutes on 2 CPU cores (README, "Retrain, evaluate,
 # export, predict"). Adam, not the paper's SGD: in a few thousand steps SGD stays on the
@@ -95,7 +96,8 @@ def config_from_flags() -> retrain_lib.RetrainConfig:
              "base_learning_rate", "optimizer", "momentum", "weight_decay",
              "drop_path_keep_prob", "bn_momentum", "stem_filters", "aspp_filters",
              "decoder_filters", "seed", "checkpoint_every_steps", "log_every_steps",
-             "max_steps", "deterministic", "jit_compile") + cli.DISTRIBUTE_FLAGS
+             "max_steps", "deterministic", "jit_compile",
+             "mixed_precision") + cli.DISTRIBUTE_FLAGS
     values = {name: flags.FLAGS[name].value for name in names}
     demo = _DATASET.value == "demo"
     if demo:

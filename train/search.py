@@ -74,6 +74,7 @@ _MAX_STEPS = flags.DEFINE_integer("max_steps", None, "Stop after this many steps
 _DETERMINISTIC = flags.DEFINE_bool("deterministic", False, "Enable TensorFlow op determinism "
                                    "(reproducible, somewhat slower).")
 _JIT = flags.DEFINE_bool("jit_compile", False, "Compile the training step with XLA.")
+flags.DEFINE_flag(cli.mixed_precision_flag())
 
 # The demo's small search, sized to learn within minutes on 2 CPU cores (README, "The demo
 # search"): Adam, because the paper's SGD stays on the background-only plateau of this data;
@@ -96,7 +97,7 @@ def config_from_flags() -> search_lib.SearchConfig:
         "weight_lr", "weight_lr_min", "momentum",
         "weight_decay", "arch_lr", "arch_weight_decay", "seed", "steps_per_epoch",
         "checkpoint_every_steps", "log_every_steps", "max_steps", "deterministic",
-        "jit_compile") + cli.DISTRIBUTE_FLAGS}
+        "jit_compile", "mixed_precision") + cli.DISTRIBUTE_FLAGS}
     from datasets import registry  # imported late: --help must not need the data layer
 
     try:
