@@ -52,6 +52,7 @@ EPOCH_ARCH_SUBDIR = "architectures"
 
 # Settings that must not change when a run resumes: they define the model or the data.
 # (mixed_precision may change between off and bf16: `precision.check_resume`.)
+# (recompute_layers may: it changes what the backward pass keeps, not what it computes.)
 _RESUME_KEYS = ("dataset", "filter_multiplier", "num_layers", "num_blocks", "num_levels",
                 "loop_uniform_layers", "batch_size", "crop_size", "scale", "seed", "epochs",
                 "steps_per_epoch", "weight_optimizer")
@@ -91,6 +92,10 @@ class SearchConfig:
     # Layers num_levels+1..L (3..L for one level) as one loop over stacked weights (README, Performance): less
     # memory and half the tracing time, for ~10% more step time on CPU than unrolled.
     loop_uniform_layers: bool = True
+    # Recompute each layer of the supernet in the backward pass instead of keeping its
+    # activations (README, Performance): less memory, one more forward pass of the layers.
+    # The same maths, so a run may resume with the other setting.
+    recompute_layers: bool = False
     weight_optimizer: str = "sgd"
     weight_lr: float = 0.025
     weight_lr_min: float = 0.001
@@ -192,6 +197,7 @@ def build_search_model(config: SearchConfig, num_classes: int, total_steps: int,
                         num_blocks=config.num_blocks, num_layers=config.num_layers,
                         num_levels=config.num_levels,
                         loop_uniform_layers=config.loop_uniform_layers,
+                        recompute_layers=config.recompute_layers,
                         seed=config.seed, ignore_label=ignore_label, name="supernet",
                         dtype=precision.dtype_policy(config.mixed_precision))
     model.build((None, None, None, 3))

@@ -29,6 +29,7 @@ traced once, which cuts the traced graph, its tracing time and its memory about 
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import keras
@@ -38,6 +39,7 @@ import tensorflow as tf
 from auto_deeplab_tf import ops
 from auto_deeplab_tf import search_space
 from auto_deeplab_tf.cell import SearchCell
+from auto_deeplab_tf.recompute import recomputed
 from auto_deeplab_tf.search_head import SearchASPP
 from auto_deeplab_tf.search_space import ALPHA_NAME, BETA_NAME
 from auto_deeplab_tf.stem import Stem
@@ -85,6 +87,11 @@ class AutoDeepLabSupernet(keras.Model):
     before them only. `loop_uniform_layers=False` builds one set of layers per layer, as
     earlier versions did: the same function, a ~2.5x larger graph.
 
+    With `recompute_layers`, every layer 1..L (unrolled, or an iteration of the loop) keeps
+    only its inputs for the backward pass and is recomputed there (`recompute`): the same
+    function and gradients, for less activation memory and one more forward pass of the
+    layers. The stem and the heads keep their activations.
+
     alpha and beta start as independent ARCH_INIT_STDDEV * N(0, 1) draws, made from `seed`
     alone when it is given (`arch_initializer`).
 
@@ -98,7 +105,7 @@ class AutoDeepLabSupernet(keras.Model):
                  num_layers: int = 12, num_levels: int = 4,
                  stem_filters: Sequence[int] = (64, 64, 128), head_filters: int = 64,
                  head_base_rate: int = 96, loop_uniform_layers: bool = True,
-                 seed: int | None = None, **kwargs):
+                 recompute_layers: bool = False, seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
         for flag, value, low in (("num_classes", num_classes, 1),
                                  ("filter_multiplier", filter_multiplier, 1),
@@ -115,6 +122,7 @@ class AutoDeepLabSupernet(keras.Model):
         self.head_filters = int(head_filters)
         self.head_base_rate = int(head_base_rate)
         self.loop_uniform_layers = bool(loop_uniform_layers)
+        self.recompute_layers = bool(recompute_layers)
         self.seed = None if seed is None else int(seed)
         uniform = num_uniform_layers(self.num_layers, self.num_levels)
         self.num_looped_layers = (uniform if self.loop_uniform_layers
@@ -147,10 +155,17 @@ class AutoDeepLabSupernet(keras.Model):
                                          name=f"cell_l{layer}_level{level}", dtype=policy))
             plan.append((layer, level, tuple(sources), pp_layer, pp_level))
         self._plan = tuple(plan)
+        # Per unrolled layer, the indices into _plan of its nodes, in level order: the
+        # unit that `recompute_layers` recomputes.
+        by_layer = {}
+        for k, (layer, *_) in enumerate(plan):
+            by_layer.setdefault(layer, []).append(k)
+        self._layer_nodes = tuple((layer, tuple(ks)) for layer, ks in by_layer.items())
         self.uniform = None
         if self.num_looped_layers:
             self.uniform = UniformLayers(self.num_looped_layers, self.filter_multiplier,
                                          self.num_blocks, self.num_levels,
+                                         recompute=self.recompute_layers,
                                          name="uniform_layers", dtype=policy)
         self.heads = []
         for level in search_space.levels_at_layer(self.num_layers, self.num_levels):
@@ -222,27 +237,23 @@ class AutoDeepLabSupernet(keras.Model):
                   for state in self.cells[0].mixing_weights(alpha_w)]
         beta_w = tf.cast(beta_w, compute)
         os2, os4 = self.stem(images)
-        sizes = [tf.shape(os4)[1:3]]
-        for _ in range(self.num_levels - 1):
-            sizes.append(ops.downsample_size(sizes[-1]))
         # outputs[layer][level]; layer 0 is the stem.
         outputs = {0: {0: os4}}
-        for k, (layer, level, sources, pp_layer, pp_level) in enumerate(self._plan):
-            size = sizes[level]
-            prev = outputs[layer - 1]
-            xs = []
-            for source, t, _ in sources:
-                resize = size if source > level else None
-                xs.append(self.transitions[t](prev[source], size=resize))
-            if pp_level is None:
-                pp, pp_size = os2, size
+        for layer, indices in self._layer_nodes:
+            prev = [outputs[layer - 1][i] for i in sorted(outputs[layer - 1])]
+            pps = []
+            for k in indices:
+                _, _, _, pp_layer, pp_level = self._plan[k]
+                pps.append(os2 if pp_level is None else outputs[pp_layer][pp_level])
+            # Not in `build`'s pass, which creates the weights (a layer's first call does).
+            if self.recompute_layers and self.built:
+                # Every weight goes in as a tensor argument (`recompute.recomputed`).
+                kernels = [self._node_kernels(k) for k in indices]
+                nodes = recomputed(functools.partial(self._unrolled_layer, indices), prev, pps,
+                                   beta_w[layer - 1], mixing, kernels)
             else:
-                pp = outputs[pp_layer][pp_level]
-                pp_size = size if pp_level != level else None
-            h_pp = self.prev_prev[k](pp, size=pp_size)
-            w = [beta_w[layer - 1, source, d] for source, _, d in sources]
-            node = self.cells[k].node(xs, h_pp, w, mixing)
-            outputs.setdefault(layer, {})[level] = node
+                nodes = self._unrolled_layer(indices, prev, pps, beta_w[layer - 1], mixing)
+            outputs[layer] = {self._plan[k][1]: node for k, node in zip(indices, nodes)}
         if self.uniform is not None:
             first = self.num_layers - self.num_looped_layers + 1
             levels = range(self.num_levels)
@@ -261,6 +272,45 @@ class AutoDeepLabSupernet(keras.Model):
             logits = [tf.cast(head_w[level], x.dtype) * x for level, x in enumerate(logits)]
         return tf.add_n(logits)
 
+    def _node_kernels(self, k: int) -> tuple:
+        """The weights of node k of `_plan` as (transition kernels per source, H^{l-2}
+        projection kernels, cell kernels), in the form the layers' `kernels=` takes."""
+        return ([self.transitions[t].kernels() for _, t, _ in self._plan[k][2]],
+                self.prev_prev[k].kernels(), self.cells[k].kernels())
+
+    def _unrolled_layer(self, indices: Sequence[int], prev: list, pps: list, beta_row,
+                        mixing, kernels=None) -> list:
+        """The nodes of one unrolled layer (`indices` into `_plan`, in level order).
+
+        prev: the levels of layer - 1; pps: per node of the layer, its H^{l-2} source (a
+        node of layer - 2 or the OS-2 stem tensor); beta_row [num_levels, 3]: beta weights
+        row layer - 1; mixing: the cells' shared `mixing_weights`; kernels: per node, its
+        `_node_kernels`, or None to read them from the variables. Only these arguments are
+        read, so that the layer can be recomputed (`recompute.recomputed`).
+        """
+        size = ops.shape_list(prev[0])[1:3]
+        sizes = [size]
+        for _ in range(self.num_levels - 1):
+            sizes.append([ops.downsample_size(d) for d in sizes[-1]])
+        nodes = []
+        for i, k in enumerate(indices):
+            _, level, sources, _, pp_level = self._plan[k]
+            transition_kernels, pp_kernels, cell_kernels = (
+                (None, None, None) if kernels is None else kernels[i])
+            size = sizes[level]
+            xs = []
+            for j, (source, t, _) in enumerate(sources):
+                resize = size if source > level else None
+                xs.append(self.transitions[t](
+                    prev[source], size=resize,
+                    kernels=None if transition_kernels is None else transition_kernels[j]))
+            # The stem's OS-2 tensor and coarser nodes of layer - 2 are resized to the level.
+            pp_size = size if pp_level is None or pp_level != level else None
+            h_pp = self.prev_prev[k](pps[i], size=pp_size, kernels=pp_kernels)
+            w = [beta_row[source, d] for source, _, d in sources]
+            nodes.append(self.cells[k].node(xs, h_pp, w, mixing, kernels=cell_kernels))
+        return nodes
+
     def build(self, input_shape):
         """Creates every weight by tracing one small forward pass."""
         channels = int(input_shape[-1]) if input_shape[-1] is not None else 3
@@ -273,5 +323,6 @@ class AutoDeepLabSupernet(keras.Model):
                 "num_blocks": self.num_blocks, "num_layers": self.num_layers,
                 "num_levels": self.num_levels, "stem_filters": list(self.stem_filters),
                 "head_filters": self.head_filters, "head_base_rate": self.head_base_rate,
-                "loop_uniform_layers": self.loop_uniform_layers, "seed": self.seed,
+                "loop_uniform_layers": self.loop_uniform_layers,
+                "recompute_layers": self.recompute_layers, "seed": self.seed,
                 "name": self.name}

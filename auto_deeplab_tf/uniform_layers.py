@@ -16,7 +16,10 @@ The computation is the same as the unrolled layers'; only its graph is smaller.
 
 Gradients of the stacked weights come out of while_v2 dense (each copy is gathered once per
 iteration and the backward loop accumulates them); the activations the backward pass needs
-are kept in the loop's accumulators, as the unrolled graph would keep them.
+are kept in the loop's accumulators, as the unrolled graph would keep them. With
+`recompute`, the body's layer is `recompute.recomputed`: the accumulators then keep only
+each layer's inputs, and the backward loop reruns the layer's forward before
+differentiating it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import tensorflow as tf
 
 from auto_deeplab_tf import ops
 from auto_deeplab_tf import search_space
+from auto_deeplab_tf.recompute import recomputed
 from auto_deeplab_tf import stacking
 from auto_deeplab_tf.cell import SearchCell
 
@@ -58,10 +62,13 @@ class UniformLayers(keras.layers.Layer):
     with transitions T, the H^{l-2} projection P and the cell holding their k-th weight
     copy. `call(states, beta_weights=..., mixing=...)` takes the two layers before the first
     uniform one and returns the levels of the last one.
+
+    With `recompute`, each layer is recomputed in the backward pass instead of keeping its
+    activations (`recompute.recomputed`), looped or unrolled.
     """
 
     def __init__(self, num_copies: int, filter_multiplier: int, num_blocks: int,
-                 num_levels: int, **kwargs):
+                 num_levels: int, recompute: bool = False, **kwargs):
         super().__init__(**kwargs)
         if int(num_copies) < 1:
             raise ValueError(f"num_copies must be >= 1, got {num_copies}")
@@ -69,6 +76,7 @@ class UniformLayers(keras.layers.Layer):
         self.filter_multiplier = int(filter_multiplier)
         self.num_blocks = int(num_blocks)
         self.num_levels = int(num_levels)
+        self.recompute = bool(recompute)
         # Any uniform layer has the same structure; take the first as the model.
         layer = first_uniform_layer(self.num_levels)
         # Flat lists of layers (Keras tracks those); per level, its sources as
@@ -139,6 +147,15 @@ class UniformLayers(keras.layers.Layer):
                                                   kernels=cell_kernels[level]))
         return outputs
 
+    def _run_layer(self, prev_prev, prev, beta_row, mixing, kernels) -> list:
+        """`layer`, recomputed in the backward pass when `recompute` is set (every tensor
+        it reads, the kernels and mixing weights included, goes in as an argument so that
+        gradients reach them)."""
+        if not self.recompute:
+            return self.layer(prev_prev, prev, beta_row, mixing, kernels)
+        return list(recomputed(self.layer, list(prev_prev), list(prev), beta_row, mixing,
+                               kernels))
+
     def call(self, states, beta_weights=None, mixing=None, unroll: bool = False):
         """states = (prev_prev levels, prev levels) before the first uniform layer;
         beta_weights [num_copies, num_levels, 3], the normalised beta rows of the uniform
@@ -158,8 +175,8 @@ class UniformLayers(keras.layers.Layer):
         if unroll or tf.executing_eagerly():
             for k in range(self.num_copies):
                 kernels = [layer.kernels(k) for layer in layers]
-                prev_prev, prev = prev, tuple(self.layer(prev_prev, prev, beta_weights[k],
-                                                         mixing, kernels))
+                prev_prev, prev = prev, tuple(self._run_layer(prev_prev, prev, beta_weights[k],
+                                                              mixing, kernels))
             return list(prev)
 
         structure = [layer.kernels() for layer in layers]
@@ -167,7 +184,8 @@ class UniformLayers(keras.layers.Layer):
 
         def body(k, prev_prev, prev):
             kernels = tf.nest.pack_sequence_as(structure, reader.row(k))
-            new = self.layer(prev_prev, prev, tf.gather(beta_weights, k), mixing, kernels)
+            new = self._run_layer(prev_prev, prev, tf.gather(beta_weights, k), mixing,
+                                  kernels)
             return k + 1, prev, tuple(new)
 
         _, _, last = tf.while_loop(lambda k, *_: k < self.num_copies, body,
@@ -178,4 +196,4 @@ class UniformLayers(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "num_copies": self.num_copies,
                 "filter_multiplier": self.filter_multiplier, "num_blocks": self.num_blocks,
-                "num_levels": self.num_levels}
+                "num_levels": self.num_levels, "recompute": self.recompute}

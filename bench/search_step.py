@@ -2,7 +2,7 @@
 
   python -m bench.search_step --filter_multiplier=8 --num_layers=12 --num_classes=19 \
       --batch_size=2 --crop_size=64 [--steps=5] [--device=cpu|gpu] [--jit_compile] \
-      [--mixed_precision=off|bf16|fp16]
+      [--mixed_precision=off|bf16|fp16] [--recompute_layers]
 
 Prints one JSON line: the median step time over --steps timed steps (after one warm-up
 step that traces the graph), the trace+first-step time, the process's peak RSS and, on a
@@ -35,6 +35,7 @@ _CROP = flags.DEFINE_integer("crop_size", 64, "Square crop.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after one warm-up step).")
 _DEVICE = flags.DEFINE_enum("device", "cpu", ["cpu", "gpu"], "Where to run.")
 _LOOP = flags.DEFINE_bool("loop_uniform_layers", True, "As train.search's flag.")
+_RECOMPUTE = flags.DEFINE_bool("recompute_layers", False, "As train.search's flag.")
 _JIT = flags.DEFINE_bool("jit_compile", False, "Compile the step with XLA.")
 # The values of auto_deeplab_tf.precision.MODES (not imported here: TensorFlow is imported
 # only once the malloc arenas are capped).
@@ -85,7 +86,8 @@ def build_benchmark_step(num_batches: int) -> BenchmarkStep:
                                      num_layers=_L.value, num_blocks=_B.value,
                                      batch_size=_BATCH.value, crop_size=_CROP.value,
                                      loop_uniform_layers=_LOOP.value,
-                                     mixed_precision=_MIXED.value)
+                                     mixed_precision=_MIXED.value,
+                                     recompute_layers=_RECOMPUTE.value)
     with strategy.scope():
         model = search_lib.build_search_model(config, _CLASSES.value, total_steps=1000)
     step = search_lib.make_step_function(model, strategy, update_arch=True,
@@ -104,7 +106,7 @@ def build_benchmark_step(num_batches: int) -> BenchmarkStep:
         "num_classes": _CLASSES.value, "batch_size": _BATCH.value, "crop_size": _CROP.value,
         "device": _DEVICE.value, "jit_compile": _JIT.value,
         "mixed_precision": _MIXED.value,
-        "loop_uniform_layers": _LOOP.value,
+        "loop_uniform_layers": _LOOP.value, "recompute_layers": _RECOMPUTE.value,
         "malloc_arenas": (_ARENAS.value if arenas_capped else
                           os.environ.get("MALLOC_ARENA_MAX") or "glibc default"),
     }

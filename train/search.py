@@ -45,6 +45,11 @@ _LOOP = flags.DEFINE_bool("loop_uniform_layers", True, "Run layers num_levels+1.
                           "with one level) of the supernet as one tf.while_loop over stacked weights: on CPU ~25% "
                           "less memory and half the tracing time, ~10% slower steps. "
                           "--noloop_uniform_layers traces every layer (README, Performance).")
+_RECOMPUTE = flags.DEFINE_bool("recompute_layers", False, "Recompute each layer of the "
+                               "supernet in the backward pass instead of keeping its "
+                               "activations: less memory for one more forward pass of the "
+                               "layers; same results. A run may resume with the other "
+                               "setting (README, Performance).")
 _WEIGHT_OPTIMIZER = flags.DEFINE_enum(
     "weight_optimizer", "sgd", list(search_lib.WEIGHT_OPTIMIZERS),
     "Optimizer of the weights: the paper's SGD with momentum, or Adam (the demo's default: "
@@ -93,7 +98,8 @@ def config_from_flags() -> search_lib.SearchConfig:
     """SearchConfig from the command line (demo defaults for flags left unset)."""
     values = {name: flags.FLAGS[name].value for name in (
         "epochs", "arch_start_epoch", "batch_size", "crop_size", "scale", "filter_multiplier",
-        "num_layers", "num_blocks", "num_levels", "loop_uniform_layers", "weight_optimizer",
+        "num_layers", "num_blocks", "num_levels", "loop_uniform_layers", "recompute_layers",
+        "weight_optimizer",
         "weight_lr", "weight_lr_min", "momentum",
         "weight_decay", "arch_lr", "arch_weight_decay", "seed", "steps_per_epoch",
         "checkpoint_every_steps", "log_every_steps", "max_steps", "deterministic",
