@@ -31,14 +31,18 @@ class SearchCell(keras.layers.Layer):
     (`stacking`; the supernet's loop over its uniform layers) and `call(..., copy=i)` runs
     copy i, or `call(..., kernels=...)` the kernels of one copy given ready-made (as
     `kernels(i)` returns them).
+
+    `partial_channels` K > 1: every mixed op applies its ops to 1/K of the channels, the
+    rest bypass, then shuffled (PC-DARTS; `mixed_op`).
     """
 
     def __init__(self, filters: int, num_blocks: int = 5, num_copies: int | None = None,
-                 **kwargs):
+                 partial_channels: int = 1, **kwargs):
         super().__init__(**kwargs)
         self.filters = filters
         self.num_blocks = num_blocks
         self.num_copies = stacking.check_num_copies(num_copies)
+        self.partial_channels = int(partial_channels)
         # For state s: the blocks it feeds and the alpha rows of those edges.
         self._targets = []
         self._edge_rows = []
@@ -48,8 +52,9 @@ class SearchCell(keras.layers.Layer):
             self._targets.append(blocks)
             self._edge_rows.append([search_space.edge_index(b, s) for b in blocks])
             self.mixed_ops.append(MixedOp(filters, num_edges=len(blocks),
-                                          num_copies=self.num_copies, name=f"state{s}",
-                                          dtype=self.dtype_policy))
+                                          num_copies=self.num_copies,
+                                          partial_channels=self.partial_channels,
+                                          name=f"state{s}", dtype=self.dtype_policy))
 
     def build(self, h_prev_shape, h_prev_prev_shape=None):
         # Built up front (not lazily in call) so that the supernet's loop over stacked
@@ -61,12 +66,13 @@ class SearchCell(keras.layers.Layer):
         """Per state, its mixed op's `kernels(copy)`."""
         return [op.kernels(copy) for op in self.mixed_ops]
 
-    def mixing_weights(self, alpha_weights) -> list:
-        """Per state, the mixing factors of its fused mixed op, from softmax(alpha).
+    def mixing_weights(self, alpha_weights, scale_bypass: bool = False) -> list:
+        """Per state, the mixing factors of its fused mixed op, from softmax(alpha)
+        (`scale_bypass`: see `MixedOp.split_weights`).
 
         Every cell of a supernet has the same structure and shares alpha, so one cell's
         result serves all of them (passed back to `call` as `mixing`)."""
-        return [op.split_weights(tf.gather(alpha_weights, rows))
+        return [op.split_weights(tf.gather(alpha_weights, rows), scale_bypass)
                 for op, rows in zip(self.mixed_ops, self._edge_rows)]
 
     def call(self, h_prev, h_prev_prev, alpha_weights=None, groups: int = 1, mixing=None,
@@ -108,4 +114,4 @@ class SearchCell(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "num_blocks": self.num_blocks,
-                "num_copies": self.num_copies}
+                "num_copies": self.num_copies, "partial_channels": self.partial_channels}

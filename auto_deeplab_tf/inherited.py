@@ -129,7 +129,12 @@ def supernet_identity(saved_config: dict, step: int | None,
     if step is None:
         return None
     decoded_here = arch_metadata.get("global_step") == step
-    return {"search_settings": {k: saved_config.get(k) for k in search_lib._RESUME_KEYS},
+    # A setting added later is left out at the value earlier runs had, so that results
+    # saved before it existed still name the same supernet.
+    later = search_lib.RESUME_KEYS_ADDED_LATER
+    settings = {k: saved_config.get(k, later.get(k)) for k in search_lib._RESUME_KEYS}
+    settings = {k: v for k, v in settings.items() if k not in later or v != later[k]}
+    return {"search_settings": settings,
             "global_step": step,
             "path_probability": arch_metadata.get("path_probability") if decoded_here
             else None}

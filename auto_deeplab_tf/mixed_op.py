@@ -18,6 +18,14 @@ On the supernet this cuts the traced graph about 3x and the step time accordingl
 (see bench/). The search BN is affine-free with batch statistics (`ops.group_batch_norm`),
 so each edge's ops are exactly the plain `ops` layers with the same weights; the tests
 check that equality.
+
+Partial channels (PC-DARTS, Xu et al. 2020; `partial_channels` K > 1, not the paper's
+search): the candidate ops of every edge see only the first C/K channels of the input, the
+other channels bypass the ops unchanged, and each edge's output, [mixed ops on the first
+C/K | bypassed channels], is channel-shuffled with K groups, so that the next edges apply
+their ops to other channels. The fused layer then runs its kernels on C/K channels: the ops'
+weights shrink K-fold (depthwise) to K**2-fold (pointwise and atrous), their activations
+K-fold. K = 1 is the unchanged mixed op.
 """
 
 from __future__ import annotations
@@ -38,6 +46,23 @@ _POOL = {"avg_pool_3x3": "avg", "max_pool_3x3": "max"}
 _SEP_KINDS = ("depthwise1", "pointwise1", "depthwise2", "pointwise2")
 ATROUS_RATE = 2
 POOL_SIZE = 3
+
+
+def check_partial_channels(partial_channels: int, filter_multiplier: int,
+                           num_levels: int) -> None:
+    """Raises unless `partial_channels` (K) is >= 1 and divides the channels of every
+    level's mixed ops, F * 2**level, naming the flag and the first channel count it does
+    not divide."""
+    if int(partial_channels) < 1:
+        raise ValueError(f"--partial_channels must be >= 1, got {partial_channels}")
+    for level in range(num_levels):
+        channels = search_space.cell_filters(filter_multiplier, level)
+        if channels % int(partial_channels):
+            raise ValueError(
+                f"--partial_channels={partial_channels} must divide the channels of every "
+                f"mixed op, but level {level} has {channels} (F * {2**level} with "
+                f"--filter_multiplier={filter_multiplier}); pick a K that divides "
+                f"{filter_multiplier} or a larger F")
 
 
 def _pad_to(kernel, size: int, lead: int = 0):
@@ -66,16 +91,26 @@ class MixedOp(keras.layers.Layer):
     (`stacking`) and `call(..., copy=i)` runs copy i. `kernels()` gives the fused kernels
     the call runs on (for every copy at once when stacked), and `call(..., kernels=...)`
     takes them ready-made: the supernet's loop prepares them once, outside its body.
+
+    With `partial_channels` K > 1 (module docstring) the ops run on the first
+    `op_filters` = filters / K channels, so every kernel is that of a mixed op of
+    `op_filters` channels; the output keeps `filters` channels per edge.
     """
 
     def __init__(self, filters: int, num_edges: int = 1,
                  op_names: Sequence[str] = search_space.OPS, num_copies: int | None = None,
-                 **kwargs):
+                 partial_channels: int = 1, **kwargs):
         super().__init__(**kwargs)
         unknown = [o for o in op_names if o not in search_space.OPS]
         if unknown:
             raise ValueError(f"unknown ops {unknown}; known ops: {', '.join(search_space.OPS)}")
+        if int(partial_channels) < 1 or filters % int(partial_channels):
+            raise ValueError(f"--partial_channels={partial_channels} must be >= 1 and divide "
+                             f"the mixed op's {filters} channels")
         self.filters = filters
+        self.partial_channels = int(partial_channels)
+        # Channels the candidate ops run on; the other filters - op_filters bypass them.
+        self.op_filters = filters // self.partial_channels
         self.num_edges = num_edges
         self.op_names = tuple(op_names)
         self.num_copies = stacking.check_num_copies(num_copies)
@@ -88,13 +123,14 @@ class MixedOp(keras.layers.Layer):
         self._edge_cols = [index[n] for n, _ in self._sep + self._atrous]
         self._shared_cols = [index[n] for n, _ in self._pools] + (
             [index[search_space.SKIP]] if self._has_skip else [])
+        self._nonzero_cols = self._edge_cols + self._shared_cols
         if not self._edge_cols and not self._shared_cols:
             raise ValueError("a mixed op needs at least one op other than 'zero'")
 
     def build(self, input_shape):
-        c, e, f = int(input_shape[-1]), self.num_edges, self.filters
-        if c != f:
-            raise ValueError(f"MixedOp expects {f} input channels, got {c}")
+        c, e, f = int(input_shape[-1]), self.num_edges, self.op_filters
+        if c != self.filters:
+            raise ValueError(f"MixedOp expects {self.filters} input channels, got {c}")
         # (name, shape) of every kernel, in storage order.
         parts = []
         for name, k in self._sep:
@@ -137,8 +173,8 @@ class MixedOp(keras.layers.Layer):
 
     def edge_weights(self, op_name: str, edge: int, copy: int | None = None) -> list:
         """The weights of `op_name` on one edge (of copy `copy` when stacked), shaped as
-        the plain `ops` layer's."""
-        f = self.filters
+        the plain `ops` layer's (of `op_filters` channels)."""
+        f = self.op_filters
         cut = slice(edge * f, (edge + 1) * f)
         parts = self._parts(copy)
         if op_name in _SEP:
@@ -148,10 +184,16 @@ class MixedOp(keras.layers.Layer):
             return [parts[f"{op_name}_kernel"][..., cut]]
         return []
 
-    def split_weights(self, weights):
-        """[num_edges, len(op_names)] -> the (per-edge ops, shared ops) mixing factors,
-        shaped to broadcast against the stacked op outputs. Cells with the same structure
-        share alpha, so the supernet computes these once per forward pass."""
+    def split_weights(self, weights, scale_bypass: bool = False):
+        """[num_edges, len(op_names)] -> the (per-edge ops, shared ops, bypass) mixing
+        factors, shaped to broadcast against the stacked op outputs. Cells with the same
+        structure share alpha, so the supernet computes these once per forward pass.
+
+        bypass is None (the bypassed channels pass unscaled, as in PC-DARTS) unless
+        `scale_bypass` and partial_channels > 1: then each edge's bypassed channels are
+        scaled by the sum of its weights on ops other than zero, so that an edge whose
+        weights are all on zero (a sub-network's edge off the cell, `inherited`) passes
+        nothing at all."""
         e = self.num_edges
 
         def part(cols):
@@ -160,7 +202,11 @@ class MixedOp(keras.layers.Layer):
             w = tf.transpose(tf.gather(weights, cols, axis=1))
             return tf.reshape(w, [1, 1, 1, len(cols), e, 1])
 
-        return part(self._edge_cols), part(self._shared_cols)
+        bypass = None
+        if scale_bypass and self.partial_channels > 1:
+            on = tf.reduce_sum(tf.gather(weights, self._nonzero_cols, axis=1), axis=1)
+            bypass = tf.reshape(on, [1, 1, 1, e, 1])
+        return part(self._edge_cols), part(self._shared_cols), bypass
 
     def kernels(self, copy=None) -> list:
         """The fused kernels `call` runs on: depthwise1, pointwise1, depthwise2, pointwise2
@@ -188,7 +234,7 @@ class MixedOp(keras.layers.Layer):
         """See the class docstring; `split_weights` (from `split_weights`) replaces
         `weights` when given; `copy` picks the copy of stacked weights, or `kernels`
         (from `kernels(copy)`) gives that copy's kernels ready-made."""
-        e, f = self.num_edges, self.filters
+        e, f = self.num_edges, self.op_filters
         n, h, w_, _ = ops.shape_list(x)
         if split_weights is None:
             split_weights = self.split_weights(tf.cast(weights, x.dtype))
@@ -197,7 +243,11 @@ class MixedOp(keras.layers.Layer):
             kernels = self.kernels(copy)
         kernels = list(kernels)
         # Under mixed precision the (float32) mixing factors meet 16-bit features.
-        edge_w, shared_w = (None if w is None else tf.cast(w, x.dtype) for w in split_weights)
+        edge_w, shared_w, bypass_w = (None if w is None else tf.cast(w, x.dtype)
+                                      for w in split_weights)
+        full = x
+        if self.partial_channels > 1:
+            x = full[..., :f]
         terms = []
         stacked = []
         if self._sep:
@@ -228,8 +278,27 @@ class MixedOp(keras.layers.Layer):
             y = shared[0] if len(shared) == 1 else tf.concat(shared, axis=-1)
             y = tf.reshape(y, [n, h, w_, len(self._shared_cols), 1, f])
             terms.append(tf.reduce_sum(y * shared_w, axis=3))
-        return terms[0] if len(terms) == 1 else terms[0] + terms[1]
+        mixed = terms[0] if len(terms) == 1 else terms[0] + terms[1]
+        if self.partial_channels == 1:
+            return mixed
+        return self._bypass_and_shuffle(mixed, full, bypass_w)
+
+    def _bypass_and_shuffle(self, mixed, x, bypass_w):
+        """mixed [N, H, W, E, C/K], the ops on the first C/K channels of x [N, H, W, C] ->
+        [N, H, W, E, C]: per edge, the channel shuffle with K groups of
+        concat(mixed, x[..., C/K:]), i.e. output channel j * K + g is channel j of group g
+        (group 0 the mixed channels, group g > 0 the input's channels g * C/K + j)."""
+        k, f = self.partial_channels, self.op_filters
+        n, h, w_, e, _ = ops.shape_list(mixed)
+        rest = x[..., f:][:, :, :, None, :]  # [N, H, W, 1, (K - 1) * C/K], every edge's
+        if bypass_w is not None:
+            rest = rest * bypass_w
+        rest = tf.broadcast_to(rest, [n, h, w_, e, (k - 1) * f])
+        groups = [mixed] + tf.split(rest, k - 1, axis=-1)
+        # Stacking the K groups on a new last axis and merging it is the shuffle.
+        return tf.reshape(tf.stack(groups, axis=-1), [n, h, w_, e, k * f])
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "num_edges": self.num_edges,
-                "op_names": list(self.op_names), "num_copies": self.num_copies}
+                "op_names": list(self.op_names), "num_copies": self.num_copies,
+                "partial_channels": self.partial_channels}

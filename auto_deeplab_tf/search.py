@@ -38,6 +38,7 @@ from auto_deeplab_tf import common
 from auto_deeplab_tf import decoding
 from auto_deeplab_tf import distribute
 from auto_deeplab_tf import metrics as metrics_lib
+from auto_deeplab_tf import mixed_op
 from auto_deeplab_tf import precision
 from auto_deeplab_tf import progress
 from auto_deeplab_tf import search_space
@@ -55,7 +56,10 @@ EPOCH_ARCH_SUBDIR = "architectures"
 # (recompute_layers may: it changes what the backward pass keeps, not what it computes.)
 _RESUME_KEYS = ("dataset", "filter_multiplier", "num_layers", "num_blocks", "num_levels",
                 "loop_uniform_layers", "batch_size", "crop_size", "scale", "seed", "epochs",
-                "steps_per_epoch", "weight_optimizer")
+                "steps_per_epoch", "weight_optimizer", "partial_channels")
+# Resume keys added after search runs existed, with the value those runs had: a saved
+# config without the key means that value.
+RESUME_KEYS_ADDED_LATER = {"partial_channels": 1}
 
 # Stamped into search_config.json. Raise it when a checkpoint written before a change would
 # resume differently from a run started after it. 2: the fidelity fixes of issue #11 (the
@@ -96,6 +100,9 @@ class SearchConfig:
     # activations (README, Performance): less memory, one more forward pass of the layers.
     # The same maths, so a run may resume with the other setting.
     recompute_layers: bool = False
+    # PC-DARTS's partial channels (README, "Partial-channel search"): the mixed ops see 1/K
+    # of the channels. 1 is the paper's search.
+    partial_channels: int = 1
     weight_optimizer: str = "sgd"
     weight_lr: float = 0.025
     weight_lr_min: float = 0.001
@@ -136,6 +143,8 @@ class SearchConfig:
                 raise ValueError(f"--{name} must be >= 1, got {v}")
         distribute.validate_options(self.strategy, self.collective_communication,
                                     self.collective_timeout_s)
+        mixed_op.check_partial_channels(self.partial_channels, self.filter_multiplier,
+                                        self.num_levels)
 
 
 @dataclasses.dataclass
@@ -166,10 +175,13 @@ def _check_resume_config(config: SearchConfig, model_dir: str, write: bool = Tru
         with tf.io.gfile.GFile(path) as f:
             saved = json.load(f)
         for key in _RESUME_KEYS:
-            if key in saved and saved[key] != current[key]:
+            if key not in saved and key not in RESUME_KEYS_ADDED_LATER:
+                continue
+            before = saved.get(key, RESUME_KEYS_ADDED_LATER.get(key))
+            if before != current[key]:
                 raise ValueError(
                     f"{path}: this run has --{key}={current[key]} but {model_dir} holds a "
-                    f"search with --{key}={saved[key]}; resume with the same settings or use "
+                    f"search with --{key}={before}; resume with the same settings or use "
                     "another --model_dir")
         # Runs written before the flag existed ran in float32.
         precision.check_resume(saved.get("mixed_precision", "off"), config.mixed_precision,
@@ -198,6 +210,7 @@ def build_search_model(config: SearchConfig, num_classes: int, total_steps: int,
                         num_levels=config.num_levels,
                         loop_uniform_layers=config.loop_uniform_layers,
                         recompute_layers=config.recompute_layers,
+                        partial_channels=config.partial_channels,
                         seed=config.seed, ignore_label=ignore_label, name="supernet",
                         dtype=precision.dtype_policy(config.mixed_precision))
     model.build((None, None, None, 3))

@@ -39,6 +39,7 @@ import tensorflow as tf
 from auto_deeplab_tf import ops
 from auto_deeplab_tf import search_space
 from auto_deeplab_tf.cell import SearchCell
+from auto_deeplab_tf.mixed_op import check_partial_channels
 from auto_deeplab_tf.recompute import recomputed
 from auto_deeplab_tf.search_head import SearchASPP
 from auto_deeplab_tf.search_space import ALPHA_NAME, BETA_NAME
@@ -99,13 +100,18 @@ class AutoDeepLabSupernet(keras.Model):
     every layer. Under a mixed policy the cells, transitions, stem and heads compute in
     16 bits on float32 variables, while alpha, beta and their normalisation stay float32
     (their variables are not autocast) and are cast only where they weight features.
+
+    `partial_channels` K > 1 is PC-DARTS's partial-channel search, not the paper's: every
+    mixed op applies its candidate ops to 1/K of its channels and lets the rest bypass,
+    then shuffles the channels (`mixed_op`). K must divide F.
     """
 
     def __init__(self, num_classes: int, filter_multiplier: int = 8, num_blocks: int = 5,
                  num_layers: int = 12, num_levels: int = 4,
                  stem_filters: Sequence[int] = (64, 64, 128), head_filters: int = 64,
                  head_base_rate: int = 96, loop_uniform_layers: bool = True,
-                 recompute_layers: bool = False, seed: int | None = None, **kwargs):
+                 recompute_layers: bool = False, seed: int | None = None,
+                 partial_channels: int = 1, **kwargs):
         super().__init__(**kwargs)
         for flag, value, low in (("num_classes", num_classes, 1),
                                  ("filter_multiplier", filter_multiplier, 1),
@@ -123,6 +129,8 @@ class AutoDeepLabSupernet(keras.Model):
         self.head_base_rate = int(head_base_rate)
         self.loop_uniform_layers = bool(loop_uniform_layers)
         self.recompute_layers = bool(recompute_layers)
+        check_partial_channels(partial_channels, self.filter_multiplier, self.num_levels)
+        self.partial_channels = int(partial_channels)
         self.seed = None if seed is None else int(seed)
         uniform = num_uniform_layers(self.num_layers, self.num_levels)
         self.num_looped_layers = (uniform if self.loop_uniform_layers
@@ -152,6 +160,7 @@ class AutoDeepLabSupernet(keras.Model):
                                                  name=f"l{layer}_level{level}_prev_prev",
                                                  dtype=policy))
             self.cells.append(SearchCell(filters, self.num_blocks,
+                                         partial_channels=self.partial_channels,
                                          name=f"cell_l{layer}_level{level}", dtype=policy))
             plan.append((layer, level, tuple(sources), pp_layer, pp_level))
         self._plan = tuple(plan)
@@ -166,6 +175,7 @@ class AutoDeepLabSupernet(keras.Model):
             self.uniform = UniformLayers(self.num_looped_layers, self.filter_multiplier,
                                          self.num_blocks, self.num_levels,
                                          recompute=self.recompute_layers,
+                                         partial_channels=self.partial_channels,
                                          name="uniform_layers", dtype=policy)
         self.heads = []
         for level in search_space.levels_at_layer(self.num_layers, self.num_levels):
@@ -225,7 +235,9 @@ class AutoDeepLabSupernet(keras.Model):
         """`arch_weights`, when given, replaces softmax(alpha), normalised beta and the equal
         sum of the heads: (alpha weights [num_edges, num_ops], beta weights [L, num_levels,
         3], head weights [levels of layer L]). 0/1 masks select one sub-network (its
-        inherited accuracy, `inherited.subnetwork_weights`)."""
+        inherited accuracy, `inherited.subnetwork_weights`). With partial_channels > 1 an
+        edge's bypassed channels are then scaled by its weight on ops other than zero, so
+        that an edge the masks switch off passes nothing (`MixedOp.split_weights`)."""
         if arch_weights is None:
             alpha_w, beta_w, head_w = self.alpha_weights(), self.beta_weights(), None
         else:
@@ -234,7 +246,8 @@ class AutoDeepLabSupernet(keras.Model):
         # they meet the features: not once per cell that uses them.
         compute = self.compute_dtype
         mixing = [tuple(None if w is None else tf.cast(w, compute) for w in state)
-                  for state in self.cells[0].mixing_weights(alpha_w)]
+                  for state in self.cells[0].mixing_weights(
+                      alpha_w, scale_bypass=arch_weights is not None)]
         beta_w = tf.cast(beta_w, compute)
         os2, os4 = self.stem(images)
         # outputs[layer][level]; layer 0 is the stem.
@@ -325,4 +338,4 @@ class AutoDeepLabSupernet(keras.Model):
                 "head_filters": self.head_filters, "head_base_rate": self.head_base_rate,
                 "loop_uniform_layers": self.loop_uniform_layers,
                 "recompute_layers": self.recompute_layers, "seed": self.seed,
-                "name": self.name}
+                "partial_channels": self.partial_channels, "name": self.name}

@@ -68,7 +68,8 @@ class UniformLayers(keras.layers.Layer):
     """
 
     def __init__(self, num_copies: int, filter_multiplier: int, num_blocks: int,
-                 num_levels: int, recompute: bool = False, **kwargs):
+                 num_levels: int, recompute: bool = False, partial_channels: int = 1,
+                 **kwargs):
         super().__init__(**kwargs)
         if int(num_copies) < 1:
             raise ValueError(f"num_copies must be >= 1, got {num_copies}")
@@ -77,6 +78,7 @@ class UniformLayers(keras.layers.Layer):
         self.num_blocks = int(num_blocks)
         self.num_levels = int(num_levels)
         self.recompute = bool(recompute)
+        self.partial_channels = int(partial_channels)
         # Any uniform layer has the same structure; take the first as the model.
         layer = first_uniform_layer(self.num_levels)
         # Flat lists of layers (Keras tracks those); per level, its sources as
@@ -101,6 +103,7 @@ class UniformLayers(keras.layers.Layer):
                                                  name=f"level{level}_prev_prev",
                                                  dtype=self.dtype_policy))
             self.cells.append(SearchCell(filters, self.num_blocks, num_copies=self.num_copies,
+                                         partial_channels=self.partial_channels,
                                          name=f"cell_level{level}", dtype=self.dtype_policy))
 
     def node_channels(self, level: int) -> int:
@@ -196,4 +199,5 @@ class UniformLayers(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "num_copies": self.num_copies,
                 "filter_multiplier": self.filter_multiplier, "num_blocks": self.num_blocks,
-                "num_levels": self.num_levels, "recompute": self.recompute}
+                "num_levels": self.num_levels, "recompute": self.recompute,
+                "partial_channels": self.partial_channels}

@@ -2,7 +2,7 @@
 
   python -m bench.search_step --filter_multiplier=8 --num_layers=12 --num_classes=19 \
       --batch_size=2 --crop_size=64 [--steps=5] [--device=cpu|gpu] [--jit_compile] \
-      [--mixed_precision=off|bf16|fp16] [--recompute_layers]
+      [--mixed_precision=off|bf16|fp16] [--recompute_layers] [--partial_channels=K]
 
 Prints one JSON line: the median step time over --steps timed steps (after one warm-up
 step that traces the graph), the trace+first-step time, the process's peak RSS and, on a
@@ -41,6 +41,8 @@ _JIT = flags.DEFINE_bool("jit_compile", False, "Compile the step with XLA.")
 # only once the malloc arenas are capped).
 _MIXED = flags.DEFINE_enum("mixed_precision", "off", ["off", "bf16", "fp16"],
                            "As train.search's flag.")
+_PARTIAL = flags.DEFINE_integer("partial_channels", 1, "As train.search's flag (PC-DARTS: "
+                                "the mixed ops see 1/K of the channels).")
 _ARENAS = flags.DEFINE_integer("max_malloc_arenas", 1, "Cap on glibc malloc arenas, as the "
                                "train scripts set it (auto_deeplab_tf/allocator.py); 0 leaves "
                                "glibc's default. MALLOC_ARENA_MAX, when set, wins.",
@@ -87,7 +89,8 @@ def build_benchmark_step(num_batches: int) -> BenchmarkStep:
                                      batch_size=_BATCH.value, crop_size=_CROP.value,
                                      loop_uniform_layers=_LOOP.value,
                                      mixed_precision=_MIXED.value,
-                                     recompute_layers=_RECOMPUTE.value)
+                                     recompute_layers=_RECOMPUTE.value,
+                                     partial_channels=_PARTIAL.value)
     with strategy.scope():
         model = search_lib.build_search_model(config, _CLASSES.value, total_steps=1000)
     step = search_lib.make_step_function(model, strategy, update_arch=True,
@@ -107,6 +110,7 @@ def build_benchmark_step(num_batches: int) -> BenchmarkStep:
         "device": _DEVICE.value, "jit_compile": _JIT.value,
         "mixed_precision": _MIXED.value,
         "loop_uniform_layers": _LOOP.value, "recompute_layers": _RECOMPUTE.value,
+        "partial_channels": _PARTIAL.value,
         "malloc_arenas": (_ARENAS.value if arenas_capped else
                           os.environ.get("MALLOC_ARENA_MAX") or "glibc default"),
     }

@@ -50,6 +50,11 @@ _RECOMPUTE = flags.DEFINE_bool("recompute_layers", False, "Recompute each layer 
                                "activations: less memory for one more forward pass of the "
                                "layers; same results. A run may resume with the other "
                                "setting (README, Performance).")
+_PARTIAL = flags.DEFINE_integer(
+    "partial_channels", 1, "K: partial-channel search (PC-DARTS). Each mixed op applies its "
+    "candidate ops to 1/K of its channels, the rest bypass, then the channels are shuffled; "
+    "less memory and time per step. 1 (default) is the paper's search; K > 1 is not. K "
+    "must divide --filter_multiplier (README, 'Partial-channel search').")
 _WEIGHT_OPTIMIZER = flags.DEFINE_enum(
     "weight_optimizer", "sgd", list(search_lib.WEIGHT_OPTIMIZERS),
     "Optimizer of the weights: the paper's SGD with momentum, or Adam (the demo's default: "
@@ -99,6 +104,7 @@ def config_from_flags() -> search_lib.SearchConfig:
     values = {name: flags.FLAGS[name].value for name in (
         "epochs", "arch_start_epoch", "batch_size", "crop_size", "scale", "filter_multiplier",
         "num_layers", "num_blocks", "num_levels", "loop_uniform_layers", "recompute_layers",
+        "partial_channels",
         "weight_optimizer",
         "weight_lr", "weight_lr_min", "momentum",
         "weight_decay", "arch_lr", "arch_weight_decay", "seed", "steps_per_epoch",
