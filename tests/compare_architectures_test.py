@@ -152,9 +152,13 @@ def _unused_parts_of_mixed_ops(cell, used_ops, rng):
         op.flat_kernels.assign(flat)
 
 
-def test_masked_supernet_ignores_every_weight_off_the_subnetwork():
+@pytest.mark.parametrize("partial_channels", [1, 2])
+def test_masked_supernet_ignores_every_weight_off_the_subnetwork(partial_channels):
+    # With partial channels (PC-DARTS) the masks also switch off the bypass of the edges
+    # off the cell, so the same holds.
     tf.keras.utils.set_random_seed(0)
-    model = AutoDeepLabSupernet(3, loop_uniform_layers=False, **SUPERNET)
+    model = AutoDeepLabSupernet(3, loop_uniform_layers=False,
+                                partial_channels=partial_channels, **SUPERNET)
     model.build((None, None, None, 3))
     subnetworks = inherited.Subnetworks(model)
     subnetworks.select(MASKED_ARCH)

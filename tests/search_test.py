@@ -410,3 +410,76 @@ def test_a_finished_search_from_before_the_settling_record_reruns_cleanly(tmp_pa
     assert len(line) == 1 and line[0].endswith(
         "under a uniform beta; since when the architecture is unchanged is not recorded "
         "(its architecture.json predates that record)"), line
+
+
+@pytest.mark.parametrize("loop", [True, False])
+def test_partial_channel_search_runs_decodes_and_evaluates_sub_networks(tmp_path, loop):
+    """--partial_channels=2 (PC-DARTS): bilevel steps with the looped and the unrolled
+    supernet, the recorded setting, the decoded architecture, decoding the checkpoint, and
+    its sub-network evaluated with the search's weights (inherited accuracy)."""
+    from auto_deeplab_tf import checkpointing
+    from auto_deeplab_tf import decoding
+    from auto_deeplab_tf import inherited
+
+    config = tiny_config(tmp_path, epochs=1, arch_start_epoch=0, steps_per_epoch=2,
+                         partial_channels=2, loop_uniform_layers=loop, **LOOPED)
+    result, _ = run(config)
+    assert result.completed and result.global_step == 2
+    assert np.abs(result.alpha).max() > 1e-2  # alpha was trained
+    saved = json.loads((tmp_path / search_lib.CONFIG_FILENAME).read_text())
+    assert saved["partial_channels"] == 2
+    assert Architecture.load(str(tmp_path / "architecture.json")) == result.architecture
+    alpha, beta = checkpointing.arch_values_from_checkpoint(str(tmp_path / "checkpoints"))
+    assert decoding.decode_architecture(alpha, beta)[0] == result.architecture
+
+    search_run = inherited.read_search_run(str(tmp_path))
+    assert search_run.config.partial_channels == 2
+    assert search_run.identity["search_settings"]["partial_channels"] == 2
+    model = inherited.load_supernet(search_run.config, search_run.checkpoint, NUM_CLASSES, 255)
+    assert model.partial_channels == 2 and (model.uniform is not None) == loop
+    nets = inherited.Subnetworks(model)
+    nets.select(result.architecture)
+    logits = tf.function(nets)(tf.random.stateless_uniform((1, CROP, CROP, 3), (1, 2), -1, 1))
+    assert tuple(logits.shape) == (1, CROP, CROP, NUM_CLASSES)
+    assert np.all(np.isfinite(logits.numpy()))
+
+
+def test_resume_with_other_partial_channels_is_refused(tmp_path):
+    run(tiny_config(tmp_path, max_steps=1, arch_start_epoch=5, partial_channels=2))
+    with pytest.raises(ValueError) as e:
+        run(tiny_config(tmp_path, arch_start_epoch=5))
+    assert (f"this run has --partial_channels=1 but {tmp_path} holds a search with "
+            "--partial_channels=2" in str(e.value))
+    # A config written before the flag existed was a search with K = 1.
+    config_path = tmp_path / search_lib.CONFIG_FILENAME
+    saved = json.loads(config_path.read_text())
+    del saved["partial_channels"]
+    config_path.write_text(json.dumps(saved))
+    with pytest.raises(ValueError) as e:
+        run(tiny_config(tmp_path, arch_start_epoch=5, partial_channels=2))
+    assert (f"this run has --partial_channels=2 but {tmp_path} holds a search with "
+            "--partial_channels=1" in str(e.value))
+
+
+def test_supernet_identity_of_earlier_runs_is_unchanged_by_partial_channels():
+    """Inherited results saved before --partial_channels existed name their supernet by
+    the resume settings then; a K = 1 run (recorded or not) still names it the same way."""
+    from auto_deeplab_tf import inherited
+
+    old = {k: 1 for k in search_lib._RESUME_KEYS if k != "partial_channels"}
+    identity = inherited.supernet_identity(old, 5, {})
+    assert "partial_channels" not in identity["search_settings"]
+    assert inherited.supernet_identity(dict(old, partial_channels=1), 5, {}) == identity
+    assert inherited.supernet_identity(dict(old, partial_channels=4), 5, {})[
+        "search_settings"]["partial_channels"] == 4
+
+
+def test_partial_channels_not_dividing_f_is_refused_by_the_script(tmp_path):
+    from tests import segmentation_helpers as sh
+
+    out = sh.run_module("train.search", "--dataset=demo", f"--data_dir={tmp_path / 'cache'}",
+                        f"--model_dir={tmp_path / 'run'}", "--filter_multiplier=6",
+                        "--partial_channels=4", "--max_steps=1")
+    assert out.returncode == 1
+    assert ("error: --partial_channels=4 must divide the channels of every mixed op, but "
+            "level 0 has 6 (F * 1 with --filter_multiplier=6)" in out.stderr)

@@ -164,3 +164,34 @@ def test_search_head_weights_are_independent_draws():
             # Not equal, and not proportional on their common prefix either.
             correlation = np.corrcoef(x[:n], y[:n])[0, 1]
             assert abs(correlation) < 0.9, (a, b, correlation)
+
+
+def _count(weights):
+    return sum(int(np.prod(w.shape)) for w in weights)
+
+
+def test_partial_channels_shrink_the_mixed_ops_and_keep_everything_else():
+    dims = dict(TINY, num_levels=2, filter_multiplier=4)
+    full = AutoDeepLabSupernet(**dims)
+    partial = AutoDeepLabSupernet(partial_channels=2, **dims)
+    for m in (full, partial):
+        m.build((None, None, None, 3))
+    y = partial(tf.random.normal((2, 32, 32, 3)))
+    assert tuple(y.shape) == (2, 32, 32, 3)
+    mixed = lambda m: [w for c in m.cells for op in c.mixed_ops  # noqa: E731
+                       for w in op.weights]
+    assert 2 * _count(mixed(partial)) <= _count(mixed(full))
+    others = lambda m: [w for w in m.weights  # noqa: E731
+                        if id(w) not in {id(v) for v in mixed(m)}]
+    assert _count(others(partial)) == _count(others(full))
+    config = partial.get_config()
+    assert config["partial_channels"] == 2
+    assert AutoDeepLabSupernet.from_config(config).get_config() == config
+
+
+def test_partial_channels_must_divide_the_filter_multiplier():
+    with pytest.raises(ValueError) as e:
+        AutoDeepLabSupernet(partial_channels=4, **TINY)
+    assert str(e.value).startswith("--partial_channels=4 must divide the channels of every "
+                                   "mixed op, but level 0 has 2 (F * 1 with "
+                                   "--filter_multiplier=2)")

@@ -190,3 +190,13 @@ def test_unroll_flag_equals_the_loop(models):
     unrolled_out = uniform(states, beta_weights=beta_w, mixing=mixing, unroll=True)
     for a, b in zip(looped_out, unrolled_out):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
+
+
+def test_looped_equals_unrolled_with_partial_channels():
+    """PC-DARTS partial channels (K = 2) in the stacked mixed ops of the loop: the same
+    logits and gradients as the unrolled supernet, traced. Same tolerance as above."""
+    dims = dict(DIMS, num_levels=2, num_layers=4, num_blocks=2, partial_channels=2)
+    models = paired_models(dims)
+    assert models[1].num_looped_layers == 2
+    assert models[1].uniform.cells[0].mixed_ops[0].op_filters == 1  # F = 2 at level 0
+    check_looped_equals_unrolled(models, "graph")
