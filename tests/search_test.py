@@ -16,8 +16,10 @@ CROP = 32
 
 
 def tiny_config(model_dir, **overrides):
+    # Two layers of two-block cells: tracing the steps dominates these tests' time, and it
+    # grows with the supernet's size, which no assertion here depends on.
     values = dict(model_dir=str(model_dir), epochs=2, arch_start_epoch=1, batch_size=2,
-                  crop_size=CROP, filter_multiplier=2, num_layers=3, num_blocks=2,
+                  crop_size=CROP, filter_multiplier=2, num_layers=2, num_blocks=2,
                   steps_per_epoch=3, checkpoint_every_steps=2, log_every_steps=1, seed=3,
                   deterministic=True, weight_lr=0.05, arch_lr=0.05)
     values.update(overrides)
@@ -71,8 +73,9 @@ def full_run(tmp_path_factory):
 
 
 # Two levels and four layers: layers 3 and 4 are uniform and run as the supernet's loop
-# over stacked weights (auto_deeplab_tf/uniform_layers.py).
-LOOPED = dict(num_levels=2, num_layers=4)
+# over stacked weights (auto_deeplab_tf/uniform_layers.py). One block per cell keeps the
+# 4-layer graph quick to trace.
+LOOPED = dict(num_levels=2, num_layers=4, num_blocks=1)
 
 
 def test_stopped_and_resumed_search_equals_an_uninterrupted_one(tmp_path, full_run):
@@ -173,7 +176,7 @@ def test_resume_with_other_model_settings_is_refused(tmp_path):
     run(tiny_config(tmp_path, max_steps=1, arch_start_epoch=5))
     with pytest.raises(ValueError) as e:
         run(tiny_config(tmp_path, num_layers=4))
-    assert (f"this run has --num_layers=4 but {tmp_path} holds a search with --num_layers=3"
+    assert (f"this run has --num_layers=4 but {tmp_path} holds a search with --num_layers=2"
             in str(e.value))
 
 
@@ -262,10 +265,10 @@ def test_mirrored_over_two_cpus_matches_one_device():
     implementations part within 2 steps. More or faster steps let float-order noise flip
     ReLUs and the runs drift apart chaotically too.
     """
-    # One block per cell: the replicated step traces the supernet inline (see
+    # One block per cell (LOOPED): the replicated step traces the supernet inline (see
     # search_model), a graph several times larger than the single-device step's.
     config = tiny_config("/unused", steps_per_epoch=2, weight_lr=0.01, arch_lr=3e-3,
-                         num_blocks=1, **LOOPED)
+                         **LOOPED)
     (l1, a1, b1, w1), (l2, a2, b2, w2) = _one_device_and_mirrored(
         config, lambda steps: synthetic_pairs(0, steps=steps, uneven_ignore=True), steps=2)
     np.testing.assert_allclose(l2, l1, rtol=1e-3)
@@ -333,7 +336,8 @@ def test_demo_defaults_fill_only_the_flags_not_given(tmp_path):
     model_dir = tmp_path / "demo_search"
     out = sh.run_module("train.search", "--dataset=demo", f"--data_dir={tmp_path / 'cache'}",
                         f"--model_dir={model_dir}", "--filter_multiplier=2", "--num_layers=2",
-                        "--crop_size=32", "--batch_size=2", "--arch_lr=0.02", "--max_steps=1")
+                        "--num_blocks=1", "--crop_size=32", "--batch_size=2", "--arch_lr=0.02",
+                        "--max_steps=1")
     assert out.returncode == 0, out.stderr[-3000:]
     saved = json.loads((model_dir / "search_config.json").read_text())
     # The demo values of the flags not given (train/search.py DEMO_DEFAULTS; importing that
