@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from auto_deeplab_tf import precision
 from auto_deeplab_tf.recompute import recomputed
 from auto_deeplab_tf.supernet import AutoDeepLabSupernet
 from tests.search_test import LOOPED, run, tiny_config
@@ -24,11 +25,13 @@ IMAGES = tf.TensorSpec((2, SIZE, SIZE, 3), tf.float32)
 LABELS = tf.TensorSpec((2, SIZE, SIZE), tf.int32)
 
 
-def paired_models(loop: bool):
-    """A supernet without and one with recompute_layers, with the same weights."""
-    plain = AutoDeepLabSupernet(loop_uniform_layers=loop, **DIMS)
+def paired_models(loop: bool, **levers):
+    """A supernet without and one with recompute_layers, with the same weights; `levers`
+    (partial_channels, dtype) go to both."""
+    plain = AutoDeepLabSupernet(loop_uniform_layers=loop, **DIMS, **levers)
     plain.build((None, None, None, 3))
-    recomputing = AutoDeepLabSupernet(loop_uniform_layers=loop, recompute_layers=True, **DIMS)
+    recomputing = AutoDeepLabSupernet(loop_uniform_layers=loop, recompute_layers=True, **DIMS,
+                                      **levers)
     recomputing.build((None, None, None, 3))
     rng = np.random.default_rng(0)
     # Architecture logits of order 1, so that the alpha and beta mixes are far from uniform.
@@ -105,6 +108,27 @@ def test_same_loss_and_gradients_as_without_recomputation(models, mode):
     by_name = dict(zip(ref_names, grads))
     for v in plain.arch_variables:  # alpha and beta are among them, and moved
         assert np.abs(by_name[v.path].numpy()).max() > 0
+
+
+@pytest.mark.parametrize("loop", [True, False], ids=["looped", "unrolled"])
+def test_recomputation_composes_with_partial_channels_and_bf16(loop):
+    """The three memory and speed levers together: with partial channels (K = 2) under
+    the bf16 policy, recomputing gives the loss and gradients of not recomputing. Both
+    models run the same bf16 ops on the same inputs, so the tolerance is bf16's summation
+    order only: loss 1e-3 relative, gradients 2e-2 of the largest gradient."""
+    plain, recomputing = paired_models(loop, partial_channels=2,
+                                       dtype=precision.dtype_policy("bf16"))
+    images, labels = batch()
+    compute = tf.function(loss_and_gradients)
+    ref_loss, ref_grads = compute(plain, images, labels)
+    loss, grads = compute(recomputing, images, labels)
+    assert np.isfinite(ref_loss.numpy())
+    np.testing.assert_allclose(loss.numpy(), ref_loss.numpy(), rtol=1e-3)
+    scale = max(float(np.abs(g.numpy()).max()) for g in ref_grads)
+    names = [v.path for v in plain.trainable_variables]
+    for name, got, want in zip(names, grads, ref_grads):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=0, atol=2e-2 * scale,
+                                   err_msg=name)
 
 
 def _op_counts(graph) -> collections.Counter:
