@@ -5,11 +5,10 @@
 #   bash bench/gpu_check.sh OUT_DIR [--smoke]
 #
 # Parts, each under its own time limit (`timeout`), each recorded as ok, failed, timeout
-# or unsupported with its command and output:
+# with its command and output:
 #   search_fp32   the bilevel search step at 321x321, batch 2, F=8, L=12, 19 classes:
 #                 median step, trace + first step, peak GPU memory (get_memory_info)
-#   search_mixed  the same in mixed precision (--mixed_precision=fp16; unsupported when
-#                 bench.search_step has no such flag)
+#   search_mixed  the same in mixed precision (--mixed_precision=fp16; bf16 with --smoke)
 #   retrain       retraining throughput (images/s) of Auto-DeepLab-S at 769x769
 # and projected_search: the paper's 40-epoch search time from the fp32 step.
 # --smoke runs on the CPU at tiny sizes (crop 33, F=2, L=4, 2 steps), for the test.
@@ -60,15 +59,9 @@ run_part() {
 
 # shellcheck disable=SC2086  # the size flags are meant to split
 run_part search_fp32 "$PY" -m bench.search_step $SEARCH_SIZES --device=$DEVICE
-if "$PY" -m bench.search_step --helpfull 2>/dev/null | grep -q -- "--mixed_precision"; then
-  # shellcheck disable=SC2086
-  run_part search_mixed "$PY" -m bench.search_step $SEARCH_SIZES --device=$DEVICE \
-    --mixed_precision=$MIXED
-else
-  echo "$PY -m bench.search_step ... --mixed_precision=$MIXED" > "$PARTS/search_mixed.cmd"
-  echo "bench.search_step has no --mixed_precision flag in this version" > "$PARTS/search_mixed.out"
-  echo unsupported > "$PARTS/search_mixed.status"
-fi
+# shellcheck disable=SC2086
+run_part search_mixed "$PY" -m bench.search_step $SEARCH_SIZES --device=$DEVICE \
+  --mixed_precision=$MIXED
 # shellcheck disable=SC2086
 run_part retrain "$PY" -m bench.retrain_step $RETRAIN_SIZES --device=$DEVICE
 

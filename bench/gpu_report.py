@@ -2,7 +2,7 @@
 
   python -m bench.gpu_report OUT_DIR
 
-Reads each part's files in OUT_DIR/parts (NAME.status: ok, failed, timeout or unsupported;
+Reads each part's files in OUT_DIR/parts (NAME.status: ok, failed or timeout;
 NAME.out: its output, whose last line is the bench's JSON), adds the projected 40-epoch
 search time computed from the fp32 search step, and writes one JSON report.
 """
