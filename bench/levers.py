@@ -1,0 +1,116 @@
+"""Benchmark: each speed or memory lever of the search step alone, against the same build
+with every lever off, in one run.
+
+  python -m bench.levers --crops=64,321 --output=levers.jsonl
+
+For every crop, runs `bench.search_step` (F = 8, L = 12, B = 5, 19 classes, batch 2 by
+default: the paper's search) once per lever in `LEVERS`, each in its own process so that
+peak RSS is that configuration's alone. Appends one JSON line per run to --output and
+skips runs already there, so an interrupted benchmark resumes. Prints a Markdown table
+with each lever's step time and peak RSS as ratios to the baseline of the same crop.
+
+Run it on an otherwise idle machine: the runs are compared with each other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from absl import app
+from absl import flags
+
+# Lever name -> bench.search_step flags. "baseline" has every lever off.
+LEVERS = {
+    "baseline": [],
+    "bf16": ["--mixed_precision=bf16"],
+    "recompute": ["--recompute_layers"],
+    "partial_channels=2": ["--partial_channels=2"],
+    "partial_channels=4": ["--partial_channels=4"],
+}
+
+_CROPS = flags.DEFINE_list("crops", ["64", "321"], "Square crop sizes.")
+_LEVERS = flags.DEFINE_list("levers", list(LEVERS), f"Which of {list(LEVERS)}.")
+_OUTPUT = flags.DEFINE_string("output", "levers.jsonl", "JSON lines, appended; runs found "
+                              "there are not repeated.")
+_STEPS = flags.DEFINE_integer("steps", 3, "Timed steps per run (bench.search_step --steps).")
+_SPACE = flags.DEFINE_string("space_flags", "--filter_multiplier=8 --num_layers=12 "
+                             "--num_blocks=5 --num_classes=19 --batch_size=2",
+                             "bench.search_step flags shared by every run.")
+_TIMEOUT = flags.DEFINE_integer("timeout_s", 1800, "Per run.")
+
+
+def _key(crop: int, lever: str) -> str:
+    return f"{crop}:{lever}"
+
+
+def _load(path: str) -> dict:
+    done = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                if line.strip():
+                    row = json.loads(line)
+                    done[_key(row["crop_size"], row["lever"])] = row
+    return done
+
+
+def table(rows: dict, crops: list[int], levers: list[str]) -> str:
+    """Markdown: per crop and lever, step time and peak RSS, and their ratios to the
+    baseline of that crop."""
+    lines = ["| crop | lever | median step | vs baseline | trace + first step | peak RSS "
+             "| vs baseline |", "|---|---|---|---|---|---|---|"]
+    for crop in crops:
+        base = rows.get(_key(crop, "baseline"))
+        for lever in levers:
+            row = rows.get(_key(crop, lever))
+            if row is None:
+                continue
+            if "error" in row:
+                lines.append(f"| {crop} | {lever} | {row['error']} | | | | |")
+                continue
+            speed = mem = ""
+            if base and "error" not in base:
+                speed = f"{row['median_step_s'] / base['median_step_s']:.2f}x"
+                mem = f"{row['peak_rss_gb'] / base['peak_rss_gb']:.2f}x"
+            lines.append(f"| {crop} | {lever} | {row['median_step_s']:.2f} s | {speed} | "
+                         f"{row['trace_and_first_step_s']:.0f} s | {row['peak_rss_gb']:.2f} GB "
+                         f"| {mem} |")
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    unknown = sorted(set(_LEVERS.value) - set(LEVERS))
+    if unknown:
+        raise app.UsageError(f"--levers: unknown {unknown}; known: {list(LEVERS)}")
+    crops = [int(c) for c in _CROPS.value]
+    rows = _load(_OUTPUT.value)
+    for crop in crops:
+        for lever in _LEVERS.value:
+            if _key(crop, lever) in rows:
+                continue
+            command = [sys.executable, "-m", "bench.search_step", *_SPACE.value.split(),
+                       f"--crop_size={crop}", f"--steps={_STEPS.value}", *LEVERS[lever]]
+            print(f"levers: crop {crop}, {lever}: {' '.join(command[1:])}", flush=True)
+            try:
+                done = subprocess.run(command, capture_output=True, text=True,
+                                      timeout=_TIMEOUT.value)
+                if done.returncode != 0:
+                    row = {"error": f"exit {done.returncode}: {done.stderr.strip()[-300:]}"}
+                else:
+                    row = json.loads(done.stdout.strip().splitlines()[-1])
+            except subprocess.TimeoutExpired:
+                row = {"error": f"timeout after {_TIMEOUT.value} s"}
+            row.update(lever=lever, crop_size=crop)
+            rows[_key(crop, lever)] = row
+            with open(_OUTPUT.value, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(f"levers: {json.dumps(row)}", flush=True)
+    print(table(rows, crops, _LEVERS.value))
+
+
+if __name__ == "__main__":
+    app.run(main)
