@@ -4,7 +4,8 @@ forward + backward pass is traced at the given size and its ops are costed from 
 static shapes, so this runs on any machine (tracing at 321x321 costs what it costs at 32).
 
   python -m bench.gpu_projection [--crop_size=321 --batch_size=2 --filter_multiplier=8
-      --num_layers=12 --num_classes=19] [--output=projection.json]
+      --num_layers=12 --num_classes=19] [--partial_channels=K] [--recompute_layers]
+      [--output=projection.json]
 
 Method (every assumption is a named constant in `GpuAssumptions` or below):
 
@@ -126,20 +127,33 @@ _VIEW = {"Identity", "IdentityN", "Reshape", "ExpandDims", "Squeeze", "Snapshot"
          "StopGradient", "PreventGradient"}
 _NOT_ACTIVATIONS = {"Const", "ReadVariableOp", "Placeholder", "VarHandleOp"}
 
-_F = flags.DEFINE_integer("filter_multiplier", None, "F (default: train.search's).")
-_L = flags.DEFINE_integer("num_layers", None, "L (default: train.search's).")
-_B = flags.DEFINE_integer("num_blocks", None, "B (default: train.search's).")
-_LEVELS = flags.DEFINE_integer("num_levels", None, "Levels (default: train.search's).")
-_BATCH = flags.DEFINE_integer("batch_size", None, "Batch of each of trainA, trainB "
-                              "(default: train.search's).")
-_CROP = flags.DEFINE_integer("crop_size", None, "Square crop (default: train.search's).")
-_EPOCHS = flags.DEFINE_integer("epochs", None, "Search epochs (default: train.search's).")
-_ARCH_START = flags.DEFINE_integer("arch_start_epoch", None, "First bilevel epoch (default: "
-                                   "train.search's).")
-_DATASET = flags.DEFINE_string("dataset", "cityscapes", "Its train split's official size and "
-                               "class count are used.")
-_CLASSES = flags.DEFINE_integer("num_classes", None, "Classes (default: the dataset's).")
-_OUTPUT = flags.DEFINE_string("output", None, "Write the projection as JSON here.")
+# Defined when the command runs, not on import: the tests import this module beside others
+# that define flags of the same names (bench.search_step, train.predict).
+_FLAGS: dict[str, flags.FlagHolder] = {}
+
+
+def _define_flags() -> dict[str, flags.FlagHolder]:
+    holders = [
+        flags.DEFINE_integer("filter_multiplier", None, "F (default: train.search's)."),
+        flags.DEFINE_integer("num_layers", None, "L (default: train.search's)."),
+        flags.DEFINE_integer("num_blocks", None, "B (default: train.search's)."),
+        flags.DEFINE_integer("num_levels", None, "Levels (default: train.search's)."),
+        flags.DEFINE_integer("batch_size", None, "Batch of each of trainA, trainB "
+                             "(default: train.search's)."),
+        flags.DEFINE_integer("crop_size", None, "Square crop (default: train.search's)."),
+        flags.DEFINE_integer("epochs", None, "Search epochs (default: train.search's)."),
+        flags.DEFINE_integer("arch_start_epoch", None, "First bilevel epoch (default: "
+                             "train.search's)."),
+        flags.DEFINE_string("dataset", "cityscapes", "Its train split's official size and "
+                            "class count are used."),
+        flags.DEFINE_integer("num_classes", None, "Classes (default: the dataset's)."),
+        flags.DEFINE_integer("partial_channels", 1, "As train.search's flag (PC-DARTS)."),
+        flags.DEFINE_bool("recompute_layers", False, "As train.search's flag: the layers' "
+                          "activations are not kept for the backward, which reruns them "
+                          "(their FLOPs are counted in the backward)."),
+        flags.DEFINE_string("output", None, "Write the projection as JSON here."),
+    ]
+    return {holder.name: holder for holder in holders}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,7 +382,7 @@ def _settings() -> dict[str, Any]:
     from datasets import registry
 
     defaults = search_lib.SearchConfig(model_dir="/unused")
-    descriptor = registry.get(_DATASET.value)
+    descriptor = registry.get(_FLAGS["dataset"].value)
 
     def pick(flag, default):
         return default if flag.value is None else flag.value
@@ -376,26 +390,30 @@ def _settings() -> dict[str, Any]:
     return {
         "dataset": descriptor.name,
         "train_images": descriptor.splits[descriptor.train_split],
-        "num_classes": pick(_CLASSES, descriptor.num_classes),
-        "filter_multiplier": pick(_F, defaults.filter_multiplier),
-        "num_layers": pick(_L, defaults.num_layers),
-        "num_blocks": pick(_B, defaults.num_blocks),
-        "num_levels": pick(_LEVELS, defaults.num_levels),
-        "batch_size": pick(_BATCH, defaults.batch_size),
-        "crop_size": pick(_CROP, defaults.crop_size),
-        "epochs": pick(_EPOCHS, defaults.epochs),
-        "arch_start_epoch": pick(_ARCH_START, defaults.arch_start_epoch),
+        "num_classes": pick(_FLAGS["num_classes"], descriptor.num_classes),
+        "filter_multiplier": pick(_FLAGS["filter_multiplier"], defaults.filter_multiplier),
+        "num_layers": pick(_FLAGS["num_layers"], defaults.num_layers),
+        "num_blocks": pick(_FLAGS["num_blocks"], defaults.num_blocks),
+        "num_levels": pick(_FLAGS["num_levels"], defaults.num_levels),
+        "batch_size": pick(_FLAGS["batch_size"], defaults.batch_size),
+        "crop_size": pick(_FLAGS["crop_size"], defaults.crop_size),
+        "epochs": pick(_FLAGS["epochs"], defaults.epochs),
+        "arch_start_epoch": pick(_FLAGS["arch_start_epoch"], defaults.arch_start_epoch),
+        "partial_channels": _FLAGS["partial_channels"].value,
+        "recompute_layers": _FLAGS["recompute_layers"].value,
     }
 
 
 def build_unrolled_model(num_classes: int, filter_multiplier: int, num_layers: int,
-                         num_blocks: int, num_levels: int):
+                         num_blocks: int, num_levels: int, partial_channels: int = 1,
+                         recompute_layers: bool = False):
     """The search model with its loop unrolled, weights built (no optimizers needed)."""
     from auto_deeplab_tf.search_model import SearchModel
 
     model = SearchModel(num_classes=num_classes, filter_multiplier=filter_multiplier,
                         num_blocks=num_blocks, num_layers=num_layers, num_levels=num_levels,
-                        loop_uniform_layers=False, name="supernet")
+                        loop_uniform_layers=False, partial_channels=partial_channels,
+                        recompute_layers=recompute_layers, name="supernet")
     model.build((None, None, None, 3))
     return model
 
@@ -478,15 +496,18 @@ def main(argv: Sequence[str]) -> None:
     settings = _settings()
     model = build_unrolled_model(settings["num_classes"], settings["filter_multiplier"],
                                  settings["num_layers"], settings["num_blocks"],
-                                 settings["num_levels"])
+                                 settings["num_levels"], settings["partial_channels"],
+                                 settings["recompute_layers"])
     costs = trace_pass(model, settings["batch_size"], settings["crop_size"])
     result = report(costs, settings)
     print(format_report(result))
-    if _OUTPUT.value:
-        with open(_OUTPUT.value, "w") as f:
+    output = _FLAGS["output"].value
+    if output:
+        with open(output, "w") as f:
             json.dump(result, f, indent=1)
-        print(f"\nwrote {_OUTPUT.value}")
+        print(f"\nwrote {output}")
 
 
 if __name__ == "__main__":
+    _FLAGS.update(_define_flags())
     app.run(main)

@@ -31,15 +31,24 @@ LEVERS = {
     "partial_channels=4": ["--partial_channels=4"],
 }
 
-_CROPS = flags.DEFINE_list("crops", ["64", "321"], "Square crop sizes.")
-_LEVERS = flags.DEFINE_list("levers", list(LEVERS), f"Which of {list(LEVERS)}.")
-_OUTPUT = flags.DEFINE_string("output", "levers.jsonl", "JSON lines, appended; runs found "
-                              "there are not repeated.")
-_STEPS = flags.DEFINE_integer("steps", 3, "Timed steps per run (bench.search_step --steps).")
-_SPACE = flags.DEFINE_string("space_flags", "--filter_multiplier=8 --num_layers=12 "
-                             "--num_blocks=5 --num_classes=19 --batch_size=2",
-                             "bench.search_step flags shared by every run.")
-_TIMEOUT = flags.DEFINE_integer("timeout_s", 1800, "Per run.")
+# Defined when the command runs, not on import: its test imports this module beside modules
+# that define flags of the same names (bench.search_step, bench.profile_step).
+_FLAGS: dict[str, flags.FlagHolder] = {}
+
+
+def _define_flags() -> dict[str, flags.FlagHolder]:
+    holders = [
+        flags.DEFINE_list("crops", ["64", "321"], "Square crop sizes."),
+        flags.DEFINE_list("levers", list(LEVERS), f"Which of {list(LEVERS)}."),
+        flags.DEFINE_string("output", "levers.jsonl", "JSON lines, appended; runs found "
+                            "there are not repeated."),
+        flags.DEFINE_integer("steps", 3, "Timed steps per run (bench.search_step --steps)."),
+        flags.DEFINE_string("space_flags", "--filter_multiplier=8 --num_layers=12 "
+                            "--num_blocks=5 --num_classes=19 --batch_size=2",
+                            "bench.search_step flags shared by every run."),
+        flags.DEFINE_integer("timeout_s", 1800, "Per run."),
+    ]
+    return {holder.name: holder for holder in holders}
 
 
 def _key(crop: int, lever: str) -> str:
@@ -83,34 +92,36 @@ def table(rows: dict, crops: list[int], levers: list[str]) -> str:
 
 def main(argv):
     del argv
-    unknown = sorted(set(_LEVERS.value) - set(LEVERS))
+    flag = {name: holder.value for name, holder in _FLAGS.items()}
+    unknown = sorted(set(flag["levers"]) - set(LEVERS))
     if unknown:
         raise app.UsageError(f"--levers: unknown {unknown}; known: {list(LEVERS)}")
-    crops = [int(c) for c in _CROPS.value]
-    rows = _load(_OUTPUT.value)
+    crops = [int(c) for c in flag["crops"]]
+    rows = _load(flag["output"])
     for crop in crops:
-        for lever in _LEVERS.value:
+        for lever in flag["levers"]:
             if _key(crop, lever) in rows:
                 continue
-            command = [sys.executable, "-m", "bench.search_step", *_SPACE.value.split(),
-                       f"--crop_size={crop}", f"--steps={_STEPS.value}", *LEVERS[lever]]
+            command = [sys.executable, "-m", "bench.search_step", *flag["space_flags"].split(),
+                       f"--crop_size={crop}", f"--steps={flag['steps']}", *LEVERS[lever]]
             print(f"levers: crop {crop}, {lever}: {' '.join(command[1:])}", flush=True)
             try:
                 done = subprocess.run(command, capture_output=True, text=True,
-                                      timeout=_TIMEOUT.value)
+                                      timeout=flag["timeout_s"])
                 if done.returncode != 0:
                     row = {"error": f"exit {done.returncode}: {done.stderr.strip()[-300:]}"}
                 else:
                     row = json.loads(done.stdout.strip().splitlines()[-1])
             except subprocess.TimeoutExpired:
-                row = {"error": f"timeout after {_TIMEOUT.value} s"}
+                row = {"error": f"timeout after {flag['timeout_s']} s"}
             row.update(lever=lever, crop_size=crop)
             rows[_key(crop, lever)] = row
-            with open(_OUTPUT.value, "a") as f:
+            with open(flag["output"], "a") as f:
                 f.write(json.dumps(row) + "\n")
             print(f"levers: {json.dumps(row)}", flush=True)
-    print(table(rows, crops, _LEVERS.value))
+    print(table(rows, crops, flag["levers"]))
 
 
 if __name__ == "__main__":
+    _FLAGS.update(_define_flags())
     app.run(main)

@@ -51,8 +51,8 @@ def main() -> int:
         # differ on one process only.
         build_model = retrain_lib.build_model
 
-        def build_model_without_dropout(model_config):
-            model = build_model(model_config)
+        def build_model_without_dropout(*args, **kwargs):
+            model = build_model(*args, **kwargs)
             for layer in model._flatten_layers(include_self=False, recursive=True):
                 if isinstance(layer, keras.layers.Dropout):
                     layer.rate = 0.0
