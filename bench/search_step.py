@@ -5,8 +5,9 @@
       [--mixed_precision=off|bf16|fp16] [--recompute_layers] [--partial_channels=K]
 
 Prints one JSON line: the median step time over --steps timed steps (after one warm-up
-step that traces the graph), the trace+first-step time, the process's peak RSS and, on a
-GPU, the peak GPU memory. Random data, so no dataset is needed.
+step that traces the graph), the trace+first-step time and the tracing alone in it
+(`trace_s`; the rest is the runtime instantiating the functions and the step itself), the
+process's peak RSS and, on a GPU, the peak GPU memory. Random data, so no dataset is needed.
 
 `build_benchmark_step` (model, traced step and random batches from these flags) is shared
 with `bench.profile_step`, which profiles the same step.
@@ -43,6 +44,9 @@ _MIXED = flags.DEFINE_enum("mixed_precision", "off", ["off", "bf16", "fp16"],
                            "As train.search's flag.")
 _PARTIAL = flags.DEFINE_integer("partial_channels", 1, "As train.search's flag (PC-DARTS: "
                                 "the mixed ops see 1/K of the channels).")
+_GRAPPLER = flags.DEFINE_bool("grappler", True, "TensorFlow's graph optimizer (Grappler) on "
+                              "the step's functions; --nograppler measures what it costs at "
+                              "the first step and gains per step.")
 _ARENAS = flags.DEFINE_integer("max_malloc_arenas", 1, "Cap on glibc malloc arenas, as the "
                                "train scripts set it (auto_deeplab_tf/allocator.py); 0 leaves "
                                "glibc's default. MALLOC_ARENA_MAX, when set, wins.",
@@ -83,6 +87,8 @@ def build_benchmark_step(num_batches: int) -> BenchmarkStep:
 
     if _DEVICE.value == "cpu":
         tf.config.set_visible_devices([], "GPU")
+    if not _GRAPPLER.value:
+        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
     strategy = tf.distribute.OneDeviceStrategy("/gpu:0" if _DEVICE.value == "gpu" else "/cpu:0")
     config = search_lib.SearchConfig(model_dir="/unused", filter_multiplier=_F.value,
                                      num_layers=_L.value, num_blocks=_B.value,
@@ -110,7 +116,7 @@ def build_benchmark_step(num_batches: int) -> BenchmarkStep:
         "device": _DEVICE.value, "jit_compile": _JIT.value,
         "mixed_precision": _MIXED.value,
         "loop_uniform_layers": _LOOP.value, "recompute_layers": _RECOMPUTE.value,
-        "partial_channels": _PARTIAL.value,
+        "partial_channels": _PARTIAL.value, "grappler": _GRAPPLER.value,
         "malloc_arenas": (_ARENAS.value if arenas_capped else
                           os.environ.get("MALLOC_ARENA_MAX") or "glibc default"),
     }
@@ -127,13 +133,19 @@ def steps_flag() -> int:
 def main(argv):
     del argv
     bench = build_benchmark_step(num_batches=_STEPS.value + 1)
-    first = bench.run()
+    batch = next(bench.batches)
+    t0 = time.perf_counter()
+    bench.step.get_concrete_function(batch)  # Python tracing only; nothing runs
+    trace = time.perf_counter() - t0
+    # The first call instantiates the traced functions (Grappler, kernels) and runs a step.
+    first = trace + bench.run(batch)
     times = [bench.run() for _ in range(_STEPS.value)]
     result = dict(bench.settings)
     result.update({
         "median_step_s": round(float(np.median(times)), 4),
         "min_step_s": round(float(np.min(times)), 4),
         "trace_and_first_step_s": round(first, 2),
+        "trace_s": round(trace, 2),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
     })
