@@ -49,6 +49,19 @@ class Architecture:
     def num_layers(self) -> int:
         return len(self.path)
 
+    def to_text(self) -> str:
+        """A readable table (TensorBoard's genotype text): one row per block, such as
+        `block 2 = sep_conv_3x3(block 1) + skip_connect(H^{l-2})` (blocks numbered from 1),
+        then the path as the output stride of each layer."""
+        def state(s: int) -> str:
+            return {0: "H^{l-1}", 1: "H^{l-2}"}.get(s, f"block {s - 1}")
+
+        rows = [f"block {b + 1} = " + " + ".join(f"{op}({state(s)})" for s, op in block)
+                for b, block in enumerate(self.cell)]
+        rows.append(f"path, output stride of layers 1..{self.num_layers}: "
+                    + " ".join(str(4 * 2**level) for level in self.path))
+        return "\n".join(rows)
+
     def to_dict(self, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Plain, label-keyed dict (what the JSON holds)."""
         d = {

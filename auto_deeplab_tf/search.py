@@ -273,7 +273,7 @@ class _Writer(summaries.SummaryWriter):
                              visualize.alpha_heatmap(alpha_w)[None])
             tf.summary.image("architecture/beta_trellis",
                              visualize.trellis_image(beta_w, arch.path)[None])
-            tf.summary.text("architecture/genotype", "```\n" + arch.to_json() + "\n```")
+            tf.summary.text("architecture/genotype", "```\n" + arch.to_text() + "\n```")
         self.writer.flush()
 
 

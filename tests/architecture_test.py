@@ -113,3 +113,14 @@ def test_origin_metadata_is_read_back(tmp_path):
     (tmp_path / "bad.json").write_text('{"cell": [], "path": [0]}')
     with pytest.raises(ValueError, match=f"{tmp_path / 'bad.json'}: cell must have"):
         read_metadata(str(tmp_path / "bad.json"))
+
+
+def test_genotype_text_is_one_row_per_block_and_the_path_as_strides():
+    arch = Architecture(cell=[[(1, "sep_conv_3x3"), (0, "skip_connect")],
+                              [(2, "atrous_conv_5x5"), (1, "max_pool_3x3")]],
+                        path=[0, 1, 2, 1], num_levels=3)
+    assert arch.to_text() == (
+        "block 1 = sep_conv_3x3(H^{l-2}) + skip_connect(H^{l-1})\n"
+        "block 2 = atrous_conv_5x5(block 1) + max_pool_3x3(H^{l-2})\n"
+        "path, output stride of layers 1..4: 4 8 16 8")
+    assert len(AUTODEEPLAB.to_text().splitlines()) == AUTODEEPLAB.num_blocks + 1
