@@ -192,10 +192,9 @@ def fixed_network_stats(architecture: architecture_lib.Architecture | str, num_c
     return stats
 
 
-def supernet_stats(num_classes: int, filter_multiplier: int, num_layers: int,
-                   num_blocks: int, num_levels: int, image_size: Sequence[int]
-                   ) -> dict[str, Any]:
-    """Params (alpha/beta excluded), arch params and multiply-adds of the search supernet."""
+def build_supernet(num_classes: int, filter_multiplier: int, num_layers: int,
+                   num_blocks: int, num_levels: int):
+    """The search supernet, unrolled, with its weights created."""
     # Imported here: the supernet module is only needed in this mode.
     from auto_deeplab_tf.supernet import AutoDeepLabSupernet
 
@@ -205,6 +204,17 @@ def supernet_stats(num_classes: int, filter_multiplier: int, num_layers: int,
                                 num_blocks=num_blocks, num_layers=num_layers,
                                 num_levels=num_levels, loop_uniform_layers=False)
     model.build((None, None, None, 3))
+    return model
+
+
+def supernet_stats(num_classes: int, filter_multiplier: int, num_layers: int,
+                   num_blocks: int, num_levels: int, image_size: Sequence[int],
+                   model=None) -> dict[str, Any]:
+    """Params (alpha/beta excluded), arch params and multiply-adds of the search supernet
+    (`model`, from `build_supernet` with the same arguments, when already built)."""
+    if model is None:
+        model = build_supernet(num_classes, filter_multiplier, num_layers, num_blocks,
+                               num_levels)
     height, width = (int(v) for v in image_size)
     madds = traced_multiply_adds(lambda x: model(x, training=True), (1, height, width, 3))
     return {

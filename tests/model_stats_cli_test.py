@@ -45,6 +45,23 @@ def test_supernet_mode():
     assert stats["params"] > 0 and stats["multiply_adds"] > 0
 
 
+@pytest.mark.parametrize("supernet", [False, True], ids=["fixed", "supernet"])
+def test_summary_prints_keras_summary_before_the_json_line(supernet):
+    """Keras' summary counts the same trainable weights as the JSON (the supernet's with
+    alpha and beta)."""
+    args = (["--supernet", "--filter_multiplier=2", "--num_layers=2", "--num_blocks=2",
+             "--num_levels=3"] if supernet else ["--filter_multiplier=4"])
+    result = run(*args, "--image_size=33,33", "--num_classes=3", "--summary")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    stats = json.loads(lines[-1])
+    trainable = [line for line in lines if line.strip().startswith("Trainable params:")]
+    assert len(trainable) == 1, result.stdout
+    count = int(trainable[0].split(":")[1].split("(")[0].replace(",", ""))
+    assert count == stats["params"] + stats.get("arch_params", 0)
+    assert ("SearchCell" in result.stdout) == supernet
+
+
 @pytest.mark.parametrize("flag", ["--image_size=abc", "--model_size=X",
                                   "--architecture=no_such_arch"])
 def test_bad_values_name_the_flag(flag):

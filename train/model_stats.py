@@ -4,6 +4,7 @@ Fixed network (the paper's Table 2 setting):
   python -m train.model_stats --architecture=autodeeplab --model_size=S --image_size=1024,2048 --num_classes=19 [--breakdown]
 Supernet:
   python -m train.model_stats --supernet --filter_multiplier=8 --num_layers=12 --image_size=321,321 --num_classes=19
+--summary prints Keras' model.summary() first.
 
 Counting conventions are described in auto_deeplab_tf/model_stats.py.
 """
@@ -39,6 +40,8 @@ flags.DEFINE_integer("num_levels", 4, "Supernet: number of levels (OS 4, 8, 16, 
 flags.DEFINE_bool("breakdown", False,
                   "Fixed network: add params_<part> and multiply_adds_<part> for the stem, "
                   "cells, ASPP and decoder.")
+flags.DEFINE_bool("summary", False, "Also print Keras' model.summary() of the network "
+                  "(before the JSON line, which stays the last line).")
 flags.DEFINE_enum("convention", "standard", list(model_stats.CONVENTIONS),
                   "Multiply-add convention: 'standard' counts every conv at its output "
                   "resolution; 'tf1_space_to_batch' counts dilated convs over the padded "
@@ -87,9 +90,10 @@ def main(argv):
         return cli.STRAY_ARGUMENTS_EXIT_CODE
     image_size = parse_image_size(FLAGS.image_size)
     if FLAGS.supernet:
-        stats = model_stats.supernet_stats(
-            FLAGS.num_classes, FLAGS.filter_multiplier or 8, FLAGS.num_layers,
-            FLAGS.num_blocks, FLAGS.num_levels, image_size)
+        dims = (FLAGS.num_classes, FLAGS.filter_multiplier or 8, FLAGS.num_layers,
+                FLAGS.num_blocks, FLAGS.num_levels)
+        model = model_stats.build_supernet(*dims)
+        stats = model_stats.supernet_stats(*dims, image_size, model=model)
     else:
         if FLAGS.model_size is not None:
             multiplier = model_stats.MODEL_SIZES[FLAGS.model_size]
@@ -99,12 +103,16 @@ def main(argv):
             arch = model_stats.as_architecture(FLAGS.architecture)
         except ValueError as e:
             raise app.UsageError(f"--architecture: {e}") from e
+        model = model_stats.build_fixed_network(arch, FLAGS.num_classes, multiplier)
         stats = model_stats.fixed_network_stats(
             arch, FLAGS.num_classes, multiplier, image_size, breakdown=FLAGS.breakdown,
-            convention=FLAGS.convention)
+            convention=FLAGS.convention, model=model)
         stats["architecture"] = FLAGS.architecture
         if FLAGS.model_size is not None:
             stats["model_size"] = FLAGS.model_size
+    if FLAGS.summary:
+        model.summary()
+        sys.stdout.flush()
     print(json.dumps(stats), flush=True)
     sys.stdout.flush()
 
