@@ -79,6 +79,35 @@ def parse_tf_config(raw: str | None = None) -> dict:
     return config
 
 
+# The private class attributes of TF's multi-worker strategy that hold its Python peer
+# health-check timings (TF 2.21), and how each follows from --collective_timeout_s.
+PEER_HEALTH_CHECK_SETTINGS = {
+    "_check_health_initial_timeout": lambda t: int(max(1, t)),
+    "_check_health_interval": lambda t: max(1, min(30, int(t / 4))),
+    "_check_health_timeout": lambda t: max(1, min(10, int(t / 8))),
+}
+
+
+def set_peer_health_check_timeouts(timeout_s: float) -> bool:
+    """Scales the peer health checks of TF's MultiWorkerMirroredStrategy to `timeout_s`.
+
+    TF exposes these timings only as private class attributes of
+    `CollectiveAllReduceExtended`, so setting them changes them for every strategy the
+    process creates afterwards: this is the one place that does it, and only
+    `make_strategy(..., collective_timeout_s=...)` calls it. The checks run only where TF's
+    coordination service is off; it is on by default (TF 2.21) and notices a dead peer by
+    its own heartbeats, so this matters for older set-ups. Returns False, changing nothing,
+    when this TF lacks the attributes (a test pins that TF 2.21 has them)."""
+    from tensorflow.python.distribute import collective_all_reduce_strategy as cars
+
+    extended = getattr(cars, "CollectiveAllReduceExtended", None)
+    if extended is None or not all(hasattr(extended, a) for a in PEER_HEALTH_CHECK_SETTINGS):
+        return False
+    for attribute, value in PEER_HEALTH_CHECK_SETTINGS.items():
+        setattr(extended, attribute, value(timeout_s))
+    return True
+
+
 def _multi_worker(collective_communication: str, timeout_s: float | None
                   ) -> tf.distribute.Strategy:
     parse_tf_config()
@@ -93,16 +122,7 @@ def _multi_worker(collective_communication: str, timeout_s: float | None
     options = tf.distribute.experimental.CommunicationOptions(
         implementation=implementation, timeout_seconds=timeout)
     if timeout:
-        # TF's Python peer health checks (class settings of its implementation: private,
-        # hence the guards) run only where TF's coordination service is off; it is on by
-        # default (TF 2.21) and notices a dead peer by its own heartbeats.
-        from tensorflow.python.distribute import collective_all_reduce_strategy as cars
-
-        extended = getattr(cars, "CollectiveAllReduceExtended", None)
-        if extended is not None and hasattr(extended, "_check_health_initial_timeout"):
-            extended._check_health_initial_timeout = int(max(1, timeout))
-            extended._check_health_interval = max(1, min(30, int(timeout / 4)))
-            extended._check_health_timeout = max(1, min(10, int(timeout / 8)))
+        set_peer_health_check_timeouts(timeout)
     if not timeout:
         return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     # Creating the strategy waits in TF's C++ start-up of the cluster until every worker has

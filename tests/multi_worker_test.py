@@ -391,3 +391,21 @@ def test_two_workers_retrain_resume_from_the_chief_match_one_process_only_the_ch
     assert message.format(checkpoints / "ckpt-4") in cluster.log(0), cluster.log(0)[-3000:]
     assert message.format("scratch").replace(str(model_dir), str(other)) in cluster.log(1)
     assert os.listdir(other) == []  # the non-chief wrote no retrain_config.json
+
+
+def test_peer_health_check_timeouts_are_tfs_private_class_settings(monkeypatch):
+    """Pins the one place that overwrites private TF attributes: TF 2.21 has them (so the
+    setting is not silently a no-op after an upgrade), they follow --collective_timeout_s,
+    and nothing else changes them."""
+    from tensorflow.python.distribute import collective_all_reduce_strategy as cars
+
+    extended = cars.CollectiveAllReduceExtended
+    for attribute in distribute.PEER_HEALTH_CHECK_SETTINGS:
+        assert hasattr(extended, attribute), attribute
+        monkeypatch.setattr(extended, attribute, getattr(extended, attribute))  # restored
+    assert distribute.set_peer_health_check_timeouts(300)
+    assert (extended._check_health_initial_timeout, extended._check_health_interval,
+            extended._check_health_timeout) == (300, 30, 10)
+    assert distribute.set_peer_health_check_timeouts(8)
+    assert (extended._check_health_initial_timeout, extended._check_health_interval,
+            extended._check_health_timeout) == (8, 2, 1)
