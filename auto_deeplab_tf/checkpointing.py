@@ -6,7 +6,8 @@ variable is exposed under its unique Keras path instead, which also makes checkp
 readable with `tf.train.list_variables`.
 
 `ChiefCheckpoints` is the run's checkpoint manager under any strategy: under multi_worker
-only the chief keeps what it saves.
+only the chief keeps what it saves. It writes MODEL_DIR/checkpoints/ckpt-STEP, STEP being
+the global step (`checkpoint_step` reads it back), for the search and the retraining alike.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from auto_deeplab_tf import distribute
 from auto_deeplab_tf import search_space
 
 _VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+# Where a run's checkpoints go, under its MODEL_DIR.
+CHECKPOINT_SUBDIR = "checkpoints"
 
 
 def _key(path: str) -> str:
@@ -119,6 +122,15 @@ def arch_values_from_checkpoint(checkpoint_path: str) -> tuple[np.ndarray, np.nd
                              f"found {len(found.get(name, []))}; is this a search checkpoint?")
     return (reader.get_tensor(found[search_space.ALPHA_NAME][0]),
             reader.get_tensor(found[search_space.BETA_NAME][0]))
+
+
+def checkpoint_step(path: str) -> int:
+    """The global step of a checkpoint written by a training loop ('.../ckpt-STEP'); -1 when
+    the name does not end in a number."""
+    try:
+        return int(path.rsplit("-", 1)[-1])
+    except ValueError:
+        return -1
 
 
 class ChiefCheckpoints:

@@ -381,7 +381,7 @@ def _read_json(path: str) -> dict | None:
 
 
 def _model_config(template, arch: Architecture, num_classes: int) -> dict[str, Any]:
-    """What `retrain.build_model` reads (as retrain_config.json holds it)."""
+    """What `trained_model.build_model` reads (as retrain_config.json holds it)."""
     config = dataclasses.asdict(template)
     config.update(architecture_spec=arch.to_dict(), num_classes=int(num_classes),
                   stem_filters=list(template.stem_filters))
@@ -394,7 +394,7 @@ def architecture_stats(template, arch: Architecture, num_classes: int, arch_dir:
     ARCH_DIR/stats.json (recomputed when the network settings change)."""
     from auto_deeplab_tf import evaluation
     from auto_deeplab_tf import model_stats
-    from auto_deeplab_tf import retrain as retrain_lib
+    from auto_deeplab_tf import trained_model
 
     settings = {"num_classes": int(num_classes), "filter_multiplier": template.filter_multiplier,
                 "stem_filters": list(template.stem_filters),
@@ -405,7 +405,7 @@ def architecture_stats(template, arch: Architecture, num_classes: int, arch_dir:
     cached = _read_json(path)
     if cached and cached.get("settings") == settings:
         return cached
-    model = retrain_lib.build_model(_model_config(template, arch, num_classes))
+    model = trained_model.build_model(_model_config(template, arch, num_classes))
     stats = model_stats.fixed_network_stats(arch, num_classes, template.filter_multiplier,
                                             settings["image_size"], model=model)
     result = {"settings": settings, "params": stats["params"],
@@ -429,12 +429,14 @@ def reusable_result(config, arch: Architecture, num_classes: int, eval_path: str
     """
     import tensorflow as tf
 
+    from auto_deeplab_tf import checkpointing
     from auto_deeplab_tf import retrain as retrain_lib
+    from auto_deeplab_tf import trained_model
 
-    checkpoint_dir = os.path.join(config.model_dir, retrain_lib.CHECKPOINT_SUBDIR)
+    checkpoint_dir = os.path.join(config.model_dir, checkpointing.CHECKPOINT_SUBDIR)
     if tf.io.gfile.isdir(checkpoint_dir) and tf.train.latest_checkpoint(checkpoint_dir):
         return None
-    saved = _read_json(os.path.join(config.model_dir, retrain_lib.CONFIG_FILENAME))
+    saved = _read_json(os.path.join(config.model_dir, trained_model.CONFIG_FILENAME))
     if saved is None or retrain_lib.resume_config_differences(
             saved, _model_config(config, arch, num_classes)):
         return None
@@ -470,6 +472,7 @@ def run_comparison(template, candidates: Sequence[Candidate], seeds: Sequence[in
     import keras
     import tensorflow as tf
 
+    from auto_deeplab_tf import checkpointing
     from auto_deeplab_tf import evaluation
     from auto_deeplab_tf import retrain as retrain_lib
     from datasets import input_pipeline, registry
@@ -574,7 +577,7 @@ def run_comparison(template, candidates: Sequence[Candidate], seeds: Sequence[in
                 pending.append((candidate.name, seed))
             else:
                 evaluated = _read_json(eval_path)
-                step = retrain_lib.checkpoint_step(result.checkpoint)
+                step = checkpointing.checkpoint_step(result.checkpoint)
                 if evaluated is None or evaluated.get("global_step") != step:
                     predict_fn = evaluation.make_predict_fn(result.model)
                     evaluated = evaluation.evaluate_split(predict_fn, descriptor, data_dir,

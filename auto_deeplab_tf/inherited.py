@@ -149,8 +149,8 @@ def read_search_run(supernet_dir: str) -> SearchRun:
     """
     import tensorflow as tf
 
+    from auto_deeplab_tf import checkpointing
     from auto_deeplab_tf import common
-    from auto_deeplab_tf import retrain as retrain_lib
     from auto_deeplab_tf import search as search_lib
     from auto_deeplab_tf.architecture import read_metadata
 
@@ -165,10 +165,10 @@ def read_search_run(supernet_dir: str) -> SearchRun:
     arch_path = os.path.join(supernet_dir, common.ARCHITECTURE_FILENAME)
     metadata = read_metadata(arch_path) if os.path.exists(arch_path) else {}
     checkpoint_path = tf.train.latest_checkpoint(
-        os.path.join(supernet_dir, search_lib.CHECKPOINT_SUBDIR))
+        os.path.join(supernet_dir, checkpointing.CHECKPOINT_SUBDIR))
     if checkpoint_path is not None:
         checkpoint_path = os.path.abspath(checkpoint_path)
-        step = retrain_lib.checkpoint_step(checkpoint_path)  # the search names them alike
+        step = checkpointing.checkpoint_step(checkpoint_path)
     else:
         step = metadata.get("global_step")
     return SearchRun(config, checkpoint_path, supernet_identity(saved, step, metadata))
@@ -207,8 +207,8 @@ def evaluate_candidates(supernet_dir: str, candidates: Sequence, arch_dirs: dict
     kept, not recomputed; when every candidate has one, the supernet is not loaded, so the
     run's checkpoints are needed only for the missing ones (ValueError naming them if gone).
     """
+    from auto_deeplab_tf import checkpointing
     from auto_deeplab_tf import evaluation
-    from auto_deeplab_tf import search as search_lib
 
     run = read_search_run(supernet_dir)
     config = run.config
@@ -238,7 +238,7 @@ def evaluate_candidates(supernet_dir: str, candidates: Sequence, arch_dirs: dict
     if not todo:
         return
     if run.checkpoint is None:
-        checkpoint_dir = os.path.join(supernet_dir, search_lib.CHECKPOINT_SUBDIR)
+        checkpoint_dir = os.path.join(supernet_dir, checkpointing.CHECKPOINT_SUBDIR)
         step = "unknown" if run.identity is None else run.identity["global_step"]
         missing = ", ".join(f"{c.name} ({result_path(arch_dirs[c.key], split)})"
                             for c in todo)

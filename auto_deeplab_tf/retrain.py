@@ -47,14 +47,12 @@ from auto_deeplab_tf import palette as palette_lib
 from auto_deeplab_tf import precision
 from auto_deeplab_tf import progress as progress_lib
 from auto_deeplab_tf import summaries
-from auto_deeplab_tf.fixed_network import MODEL_SIZES, AutoDeepLab
+from auto_deeplab_tf import trained_model
+from auto_deeplab_tf.fixed_network import MODEL_SIZES
 
-CONFIG_FILENAME = "retrain_config.json"
 # sgd: the paper's (with --momentum). adam: for short runs such as the demo, where SGD stays
 # on the background-only plateau for thousands of steps.
 OPTIMIZERS = ("sgd", "adam")
-CHECKPOINT_SUBDIR = "checkpoints"
-MODEL_NAME = "autodeeplab"
 LEARNING_POWER = 0.9
 
 # Settings that must not change when a run resumes: they define the model, the data order or
@@ -162,90 +160,6 @@ def load_architecture(spec: str) -> architecture_lib.Architecture:
         raise ValueError(f"--architecture={spec}: {message}") from e
 
 
-def build_model(model_config: dict[str, Any], mixed_precision: str = "off") -> AutoDeepLab:
-    """The network described by a retrain_config.json dict, with its weights created;
-    `mixed_precision` (a `precision` mode) sets its dtype policy. The weights are float32
-    under every mode, so a checkpoint loads whichever mode wrote it."""
-    model = AutoDeepLab(
-        architecture_lib.Architecture.from_dict(model_config["architecture_spec"]),
-        num_classes=model_config["num_classes"],
-        filter_multiplier=model_config["filter_multiplier"],
-        stem_filters=tuple(model_config["stem_filters"]),
-        aspp_filters=model_config["aspp_filters"],
-        decoder_filters=model_config["decoder_filters"],
-        drop_path_keep_prob=model_config.get("drop_path_keep_prob", 1.0),
-        name=MODEL_NAME, dtype=precision.dtype_policy(mixed_precision))
-    model.build((None, None, None, 3))
-    if "bn_momentum" in model_config:  # read when a training call is traced: set it after build
-        for layer in model._flatten_layers(include_self=False, recursive=True):
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.momentum = float(model_config["bn_momentum"])
-    return model
-
-
-def read_model_config(model_dir: str) -> dict[str, Any]:
-    path = os.path.join(model_dir, CONFIG_FILENAME)
-    if not tf.io.gfile.exists(path):
-        raise ValueError(f"--model_dir={model_dir} has no {CONFIG_FILENAME}; is it the "
-                         "--model_dir of a `python -m train.retrain` run?")
-    with tf.io.gfile.GFile(path) as f:
-        return json.load(f)
-
-
-def checkpoint_step(path: str) -> int:
-    """The global step of a checkpoint written by the retraining loop ('.../ckpt-STEP')."""
-    try:
-        return int(path.rsplit("-", 1)[-1])
-    except ValueError:
-        return -1
-
-
-def resolve_checkpoint(model_dir: str, checkpoint_path: str | None = None) -> str:
-    """The checkpoint to load: `checkpoint_path` (a prefix or a directory) or the latest one
-    in MODEL_DIR/checkpoints.
-
-    Raises:
-      ValueError: no such checkpoint; the message names --checkpoint_path only when it was
-        given, and otherwise says that the model_dir has no checkpoints yet.
-    """
-    if not checkpoint_path:
-        path = os.path.join(model_dir, CHECKPOINT_SUBDIR)
-        latest = tf.train.latest_checkpoint(path) if tf.io.gfile.isdir(path) else None
-        if latest is None:
-            what = f"{path} is empty" if tf.io.gfile.isdir(path) else f"no {path}"
-            raise ValueError(f"--model_dir={model_dir} has no checkpoints yet ({what}); train "
-                             f"it first with python -m train.retrain --model_dir={model_dir}, "
-                             "or pass --checkpoint_path")
-        return latest
-    if tf.io.gfile.isdir(checkpoint_path):
-        latest = tf.train.latest_checkpoint(checkpoint_path)
-        if latest is None:
-            raise ValueError(f"--checkpoint_path={checkpoint_path}: no checkpoint in this "
-                             "directory")
-        return latest
-    if not tf.io.gfile.exists(checkpoint_path + ".index"):
-        raise ValueError(f"--checkpoint_path={checkpoint_path}: no such checkpoint")
-    return checkpoint_path
-
-
-def restore_model(model: keras.Model, checkpoint_path: str) -> None:
-    """Loads the model's weights (only) from a retraining checkpoint; fails on any miss."""
-    checkpoint = tf.train.Checkpoint(model=checkpointing.VariableBundle.for_model(model))
-    status = checkpoint.restore(checkpoint_path)
-    status.expect_partial()  # the optimizer and the step are not wanted here
-    status.assert_existing_objects_matched()
-
-
-def load_trained_model(model_dir: str, checkpoint_path: str | None = None
-                       ) -> tuple[AutoDeepLab, dict[str, Any], str]:
-    """(model with restored weights, its retrain_config.json dict, checkpoint path)."""
-    model_config = read_model_config(model_dir)
-    path = resolve_checkpoint(model_dir, checkpoint_path)
-    model = build_model(model_config)
-    restore_model(model, path)
-    return model, model_config, path
-
-
 def decayed_variables(model: keras.Model) -> list:
     """The convolution kernels (every rank-4 trainable weight)."""
     return [v for v in model.trainable_variables if len(v.shape) == 4]
@@ -262,7 +176,7 @@ def resume_config_differences(saved: dict[str, Any], config_dict: dict[str, Any]
 
 
 def _check_resume_config(config_dict: dict, model_dir: str, write: bool = True) -> None:
-    path = os.path.join(model_dir, CONFIG_FILENAME)
+    path = os.path.join(model_dir, trained_model.CONFIG_FILENAME)
     if tf.io.gfile.exists(path):
         with tf.io.gfile.GFile(path) as f:
             saved = json.load(f)
@@ -404,7 +318,7 @@ def run_retrain(config: RetrainConfig,
     _check_resume_config(config_dict, model_dir, write=is_chief)
 
     with strategy.scope():
-        model = build_model(config_dict, config.mixed_precision)
+        model = trained_model.build_model(config_dict, config.mixed_precision)
         schedule = keras.optimizers.schedules.PolynomialDecay(
             config.base_learning_rate, decay_steps=config.train_steps,
             end_learning_rate=0.0, power=LEARNING_POWER)
@@ -421,7 +335,7 @@ def run_retrain(config: RetrainConfig,
         optimizer=checkpointing.VariableBundle(optimizer.variables),
         global_step=step_var)
     checkpoints = distribute.ChiefCheckpoints(
-        checkpoint, os.path.join(model_dir, CHECKPOINT_SUBDIR), is_chief,
+        checkpoint, os.path.join(model_dir, checkpointing.CHECKPOINT_SUBDIR), is_chief,
         temp_prefix=f"retrain_{task_type}{task_id}_ckpt_", max_to_keep=5)
     try:
         return _retrain_loop(config, model, optimizer, schedule, strategy, checkpoint, step_var,
@@ -499,7 +413,7 @@ def _retrain_loop(config, model, optimizer, schedule, strategy, checkpoint, step
                 save()
                 meter.restart_clock(step)
     path = checkpoints.latest
-    if steps_run or path is None or checkpoint_step(path) != int(step_var):
+    if steps_run or path is None or checkpointing.checkpoint_step(path) != int(step_var):
         path = save()
     writer.writer.flush()
     completed = int(step_var) >= train_steps

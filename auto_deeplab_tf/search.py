@@ -48,7 +48,6 @@ from auto_deeplab_tf.architecture import Architecture, origin_metadata
 from auto_deeplab_tf.search_model import SearchModel
 
 CONFIG_FILENAME = "search_config.json"
-CHECKPOINT_SUBDIR = "checkpoints"
 EPOCH_ARCH_SUBDIR = "architectures"
 
 # Settings that must not change when a run resumes: they define the model or the data.
@@ -159,7 +158,8 @@ class SearchResult:
 
 def _unfinished_checkpoint(model_dir: str, epochs: int) -> str | None:
     """The latest checkpoint of MODEL_DIR if it stops before `epochs` epochs, else None."""
-    latest = tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_SUBDIR))
+    latest = tf.train.latest_checkpoint(
+        os.path.join(model_dir, checkpointing.CHECKPOINT_SUBDIR))
     if latest is None:
         return None
     reader = tf.train.load_checkpoint(latest)
@@ -336,7 +336,7 @@ def run_search(config: SearchConfig,
         arch_optimizer=checkpointing.VariableBundle(model.arch_optimizer.variables),
         epoch=epoch_var, step_in_epoch=step_var)
     checkpoints = distribute.ChiefCheckpoints(
-        checkpoint, os.path.join(model_dir, CHECKPOINT_SUBDIR), is_chief,
+        checkpoint, os.path.join(model_dir, checkpointing.CHECKPOINT_SUBDIR), is_chief,
         temp_prefix=f"search_{task_type}{task_id}_ckpt_", max_to_keep=3)
     try:
         return _search_loop(config, model, strategy, checkpoint, epoch_var, step_var,

@@ -50,6 +50,7 @@ def _child() -> None:
     from auto_deeplab_tf import architecture
     from auto_deeplab_tf import distribute
     from auto_deeplab_tf import retrain as retrain_lib
+    from auto_deeplab_tf import trained_model
     from auto_deeplab_tf import search as search_lib
 
     name = "one_device" if _ROLE.value == "single" else "multi_worker"
@@ -69,7 +70,7 @@ def _child() -> None:
         data = tf.data.Dataset.from_tensors((half, half)).repeat(steps)
     else:
         with strategy.scope():
-            model = retrain_lib.build_model({
+            model = trained_model.build_model({
                 "architecture_spec": architecture.get_architecture("autodeeplab").to_dict(),
                 "num_classes": 19, "filter_multiplier": f, "stem_filters": [2 * f, 2 * f, 4 * f],
                 "aspp_filters": 8 * f, "decoder_filters": 8 * f})

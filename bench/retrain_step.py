@@ -34,6 +34,7 @@ def main(argv):
     import tensorflow as tf
 
     from auto_deeplab_tf import retrain as retrain_lib
+    from auto_deeplab_tf import trained_model
     from auto_deeplab_tf.architecture import get_architecture
 
     if _DEVICE.value == "cpu":
@@ -44,7 +45,7 @@ def main(argv):
                     "stem_filters": [64, 64, 128], "aspp_filters": 256,
                     "decoder_filters": 256, "drop_path_keep_prob": 1.0}
     with strategy.scope():
-        model = retrain_lib.build_model(model_config)
+        model = trained_model.build_model(model_config)
         optimizer = keras.optimizers.SGD(0.05, momentum=0.9)
         optimizer.build(model.trainable_variables)
     step = retrain_lib.make_train_step(model, optimizer, strategy, _CLASSES.value, 255,

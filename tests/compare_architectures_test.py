@@ -288,7 +288,7 @@ def test_cli_compares_with_inherited_accuracy_and_refuses_single_run_flags(tmp_p
 
 
 def test_resumes_and_never_retrains_a_finished_run(tmp_path):
-    from auto_deeplab_tf import retrain as retrain_lib
+    from auto_deeplab_tf import checkpointing
 
     data_dir = sh.make_tiny_cityscapes(str(tmp_path / "data"))
     Architecture(cell=TINY_CELL, path=[1, 1], num_levels=2).save(
@@ -327,7 +327,7 @@ def test_resumes_and_never_retrains_a_finished_run(tmp_path):
     assert [r["miou"] for r in again["architectures"]] == \
         [r["miou"] for r in payload["architectures"]]
     for path in evals:
-        assert retrain_lib.checkpoint_step(json.load(open(path))["checkpoint"]) == 2
+        assert checkpointing.checkpoint_step(json.load(open(path))["checkpoint"]) == 2
 
     # A changed budget on the same directory is refused, naming the flag.
     with pytest.raises(ValueError, match="--train_steps"):

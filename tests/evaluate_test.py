@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from auto_deeplab_tf import evaluation
-from auto_deeplab_tf import retrain as retrain_lib
+from auto_deeplab_tf import trained_model
 from tests import segmentation_helpers as sh
 
 
@@ -126,25 +126,25 @@ def test_model_dir_without_checkpoints_says_so_and_what_to_run(tmp_path):
     model_dir = str(tmp_path / "run")
     os.makedirs(model_dir)
     with pytest.raises(ValueError) as e:
-        retrain_lib.resolve_checkpoint(model_dir)
+        trained_model.resolve_checkpoint(model_dir)
     message = str(e.value)
     assert message == (f"--model_dir={model_dir} has no checkpoints yet (no "
                        f"{model_dir}/checkpoints); train it first with python -m "
                        f"train.retrain --model_dir={model_dir}, or pass --checkpoint_path")
     os.makedirs(os.path.join(model_dir, "checkpoints"))
     with pytest.raises(ValueError) as e:
-        retrain_lib.resolve_checkpoint(model_dir)
+        trained_model.resolve_checkpoint(model_dir)
     assert str(e.value) == (f"--model_dir={model_dir} has no checkpoints yet "
                             f"({model_dir}/checkpoints is empty); train it first with python "
                             f"-m train.retrain --model_dir={model_dir}, or pass "
                             "--checkpoint_path")
     # A --checkpoint_path the user gave is named as such.
     with pytest.raises(ValueError) as e:
-        retrain_lib.resolve_checkpoint(model_dir, f"{model_dir}/checkpoints/ckpt-7")
+        trained_model.resolve_checkpoint(model_dir, f"{model_dir}/checkpoints/ckpt-7")
     assert str(e.value) == (f"--checkpoint_path={model_dir}/checkpoints/ckpt-7: no such "
                             "checkpoint")
     with pytest.raises(ValueError) as e:
-        retrain_lib.resolve_checkpoint(model_dir, f"{model_dir}/checkpoints")
+        trained_model.resolve_checkpoint(model_dir, f"{model_dir}/checkpoints")
     assert str(e.value) == (f"--checkpoint_path={model_dir}/checkpoints: no checkpoint in "
                             "this directory")
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from auto_deeplab_tf import checkpointing
 from auto_deeplab_tf import export as export_lib
-from auto_deeplab_tf import retrain as retrain_lib
+from auto_deeplab_tf import trained_model
 from tests import data_helpers as h
 from tests import segmentation_helpers as sh
 
@@ -61,7 +61,7 @@ def test_fresh_process_gives_the_keras_labels(exported):
                     str(base / "out.npz")], check=True, capture_output=True,
                    env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     served = np.load(base / "out.npz")
-    model, _, _ = retrain_lib.load_trained_model(model_dir)
+    model, _, _ = trained_model.load_trained_model(model_dir)
     logits = model(export_lib.normalize_image(images), training=False)
     expected = tf.argmax(logits, -1, output_type=tf.int32).numpy()
     probs = tf.nn.softmax(logits).numpy()
@@ -218,7 +218,7 @@ def test_verify_refuses_an_export_the_tf1_loader_cannot_run(exported, tmp_path):
     """An export that tracks the Keras 3 variable wrappers (the old export) loads in TF2 but
     not in TF Serving; verify_export must catch that."""
     model_dir, _, _ = exported
-    model, _, _ = retrain_lib.load_trained_model(model_dir)
+    model, _, _ = trained_model.load_trained_model(model_dir)
     module = export_lib.SegmentationModule(model, {"dataset": "cityscapes"})
     module.model_variables = checkpointing.VariableBundle.for_model(model)
     broken = str(tmp_path / "broken")

@@ -13,6 +13,7 @@ import tensorflow as tf
 from auto_deeplab_tf import ops
 from auto_deeplab_tf import precision
 from auto_deeplab_tf import retrain as retrain_lib
+from auto_deeplab_tf import trained_model
 from auto_deeplab_tf import search as search_lib
 from auto_deeplab_tf.losses import count_valid
 from tests import segmentation_helpers as sh
@@ -185,7 +186,7 @@ def test_bf16_retraining_tracks_float32_and_checkpoints_cross_policies(tmp_path)
     np.testing.assert_allclose(losses, reference_losses, atol=BF16_LOSS_TOLERANCE)
     assert result.model.compute_dtype == "bfloat16"
     # Evaluation builds the network in float32 from the bf16 run's float32 weights.
-    model, _, _ = retrain_lib.load_trained_model(str(tmp_path / "bf16"))
+    model, _, _ = trained_model.load_trained_model(str(tmp_path / "bf16"))
     assert model.compute_dtype == "float32"
     for restored, trained in zip(model.trainable_variables, result.model.trainable_variables):
         np.testing.assert_array_equal(restored.numpy(), trained.numpy())

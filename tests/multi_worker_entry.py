@@ -41,6 +41,7 @@ def main() -> int:
     from auto_deeplab_tf import checkpointing
     from auto_deeplab_tf import retrain as retrain_lib
     from auto_deeplab_tf import search as search_lib
+    from auto_deeplab_tf import trained_model
     from tests import search_test
     from tests import segmentation_helpers
 
@@ -49,7 +50,7 @@ def main() -> int:
         # Dropout draws a different mask for each image of a batch (2 copies of one image on
         # one process) but the same one on every replica, so it would make the two copies
         # differ on one process only.
-        build_model = retrain_lib.build_model
+        build_model = trained_model.build_model
 
         def build_model_without_dropout(*args, **kwargs):
             model = build_model(*args, **kwargs)
@@ -58,7 +59,7 @@ def main() -> int:
                     layer.rate = 0.0
             return model
 
-        retrain_lib.build_model = build_model_without_dropout
+        trained_model.build_model = build_model_without_dropout
 
     def log(line):
         print(line, flush=True)

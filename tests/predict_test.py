@@ -8,7 +8,7 @@ from PIL import Image
 
 from auto_deeplab_tf import export as export_lib
 from auto_deeplab_tf import palette as palette_lib
-from auto_deeplab_tf import retrain as retrain_lib
+from auto_deeplab_tf import trained_model
 from datasets import registry
 from tests import data_helpers as h
 from tests import segmentation_helpers as sh
@@ -40,7 +40,7 @@ def export_dir(tmp_path_factory):
     data_dir = sh.make_tiny_cityscapes(str(base))
     model_dir = str(base / "run")
     sh.tiny_retrain(model_dir, data_dir, train_steps=1)
-    model, config, _ = retrain_lib.load_trained_model(model_dir)
+    model, config, _ = trained_model.load_trained_model(model_dir)
     out = str(base / "export")
     export_lib.export_saved_model(model, out, {
         "dataset": "cityscapes", "palette": [list(c) for c in CITYSCAPES.palette],

@@ -50,14 +50,15 @@ def run(log=print) -> int:
 
     from auto_deeplab_tf import atomic_write
     from auto_deeplab_tf import evaluation
-    from auto_deeplab_tf import retrain as retrain_lib
+    from auto_deeplab_tf import checkpointing
+    from auto_deeplab_tf import trained_model
     from datasets import input_pipeline, registry
 
     if not _MODEL_DIR.value:
         raise ValueError("--model_dir is required (the --model_dir of a train.retrain run)")
     model_dir = _MODEL_DIR.value
     scales = evaluation.parse_eval_scales(_SCALES.value)
-    model_config = retrain_lib.read_model_config(model_dir)
+    model_config = trained_model.read_model_config(model_dir)
     dataset = _DATASET.value or model_config["dataset"]
     descriptor = registry.get(dataset)
     if descriptor.num_classes != model_config["num_classes"]:
@@ -68,12 +69,12 @@ def run(log=print) -> int:
                                      if dataset == model_config["dataset"] else None))
     split = _SPLIT.value or descriptor.eval_split
     output_json = _OUTPUT_JSON.value or os.path.join(model_dir, f"eval_{split}.json")
-    model = retrain_lib.build_model(model_config)
+    model = trained_model.build_model(model_config)
     predict_fn = evaluation.make_predict_fn(model, scales, _FLIP.value)
 
     def evaluate(checkpoint_path: str) -> dict:
-        retrain_lib.restore_model(model, checkpoint_path)
-        step = retrain_lib.checkpoint_step(checkpoint_path)
+        trained_model.restore_model(model, checkpoint_path)
+        step = checkpointing.checkpoint_step(checkpoint_path)
         log(f"evaluating {checkpoint_path} (step {step}) on {dataset} {split}, scales "
             f"{scales}{' + flips' if _FLIP.value else ''}...")
         start = time.perf_counter()
@@ -91,9 +92,9 @@ def run(log=print) -> int:
         return result
 
     if not _CONTINUOUS.value:
-        evaluate(retrain_lib.resolve_checkpoint(model_dir, _CHECKPOINT.value))
+        evaluate(trained_model.resolve_checkpoint(model_dir, _CHECKPOINT.value))
         return 0
-    checkpoint_dir = os.path.join(model_dir, retrain_lib.CHECKPOINT_SUBDIR)
+    checkpoint_dir = os.path.join(model_dir, checkpointing.CHECKPOINT_SUBDIR)
     tf.io.gfile.makedirs(checkpoint_dir)
     final_step = model_config["train_steps"]
     log(f"waiting for checkpoints in {checkpoint_dir} (stops after step {final_step} or "
@@ -108,7 +109,7 @@ def run(log=print) -> int:
                 raise
             log(f"skipped {path}: deleted before it could be read ({e.__class__.__name__})")
             continue
-        if retrain_lib.checkpoint_step(path) >= final_step:
+        if checkpointing.checkpoint_step(path) >= final_step:
             log(f"evaluated the final checkpoint (step {final_step}); done")
             break
     else:

@@ -39,7 +39,8 @@ _VERIFY = flags.DEFINE_bool("verify", True, "Reload the export and check that it
 def run(log=print) -> int:
     from auto_deeplab_tf import evaluation
     from auto_deeplab_tf import export as export_lib
-    from auto_deeplab_tf import retrain as retrain_lib
+    from auto_deeplab_tf import checkpointing
+    from auto_deeplab_tf import trained_model
     from datasets import registry
 
     if not _MODEL_DIR.value:
@@ -47,7 +48,7 @@ def run(log=print) -> int:
     scales = evaluation.parse_eval_scales(_SCALES.value)
     model_dir = _MODEL_DIR.value
     export_dir = _EXPORT_DIR.value or os.path.join(model_dir, "export")
-    model, config, checkpoint = retrain_lib.load_trained_model(model_dir, _CHECKPOINT.value)
+    model, config, checkpoint = trained_model.load_trained_model(model_dir, _CHECKPOINT.value)
     descriptor = registry.get(config["dataset"])
     metadata = {
         "dataset": descriptor.name, "num_classes": config["num_classes"],
@@ -58,7 +59,7 @@ def run(log=print) -> int:
                                  if descriptor.train_id_to_label_id else None),
         "architecture": config["architecture_spec"],
         "filter_multiplier": config["filter_multiplier"], "checkpoint": checkpoint,
-        "global_step": retrain_lib.checkpoint_step(checkpoint), "eval_scales": scales,
+        "global_step": checkpointing.checkpoint_step(checkpoint), "eval_scales": scales,
         "add_flipped_images": _FLIP.value, "with_probabilities": _WITH_PROBS.value,
     }
     export_lib.export_saved_model(model, export_dir, metadata, _WITH_PROBS.value, scales,
