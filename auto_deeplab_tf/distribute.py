@@ -225,14 +225,3 @@ def agreed_step(strategy: tf.distribute.Strategy, value: int) -> tuple[int, int]
     values = strategy.gather(per_replica, axis=0).numpy()
     return int(values.min()), int(values.max())
 
-
-def __getattr__(name: str):
-    # ChiefCheckpoints moved to checkpointing.py. The search and retrain loops still name it
-    # here; they are being rewritten into one runner, which will import it from
-    # checkpointing, and then this alias goes. Resolved lazily: checkpointing imports this
-    # module.
-    if name == "ChiefCheckpoints":
-        from auto_deeplab_tf import checkpointing
-
-        return checkpointing.ChiefCheckpoints
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,7 +8,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from typing import Iterator
 
 
 def format_eta(seconds: float) -> str:
@@ -50,6 +52,16 @@ class ProgressMeter:
     def restart_clock(self, global_step: int) -> None:
         """Excludes a pause (e.g. tracing, checkpointing, an evaluation) from the next rate."""
         self._tick, self._tick_step = time.perf_counter(), int(global_step)
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Excludes the time spent inside (e.g. saving a checkpoint) from the next rate,
+        without moving the step at which the next report is due."""
+        begin = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._tick += time.perf_counter() - begin
 
     @property
     def eta_seconds(self) -> float:

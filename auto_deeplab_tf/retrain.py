@@ -18,6 +18,11 @@
   checkpoint, the input, ground truth and prediction of a few training crops in the dataset's
   palette.
 
+The loop itself (resume, checkpoint cadence, NaN guard, progress, --max_steps) is
+`runner.Controller`'s; this module supplies the training step and the network, which
+`trained_model.build_model` builds from the same retrain_config.json that evaluate, export
+and predict load it from.
+
 With --strategy=multi_worker (MultiWorkerMirroredStrategy; README, "Running on several
 machines") every worker runs this same loop on its shard of each global batch. Only the chief
 writes MODEL_DIR (retrain_config.json, checkpoints, TensorBoard); the others save their
@@ -29,9 +34,7 @@ every worker can read (NFS, GCS).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import time
 from typing import Any, Callable
 
 import keras
@@ -39,13 +42,13 @@ import numpy as np
 import tensorflow as tf
 
 from auto_deeplab_tf import architecture as architecture_lib
-from auto_deeplab_tf import atomic_write
 from auto_deeplab_tf import checkpointing
 from auto_deeplab_tf import distribute
 from auto_deeplab_tf import losses as losses_lib
 from auto_deeplab_tf import palette as palette_lib
 from auto_deeplab_tf import precision
 from auto_deeplab_tf import progress as progress_lib
+from auto_deeplab_tf import runner
 from auto_deeplab_tf import summaries
 from auto_deeplab_tf import trained_model
 from auto_deeplab_tf.fixed_network import MODEL_SIZES
@@ -62,7 +65,7 @@ _RESUME_KEYS = ("dataset", "filter_multiplier", "stem_filters", "aspp_filters",
                 "train_steps", "num_classes", "optimizer")
 
 
-class RetrainDiverged(RuntimeError):
+class RetrainDiverged(runner.Diverged):
     """The loss became NaN or Inf."""
 
 
@@ -177,9 +180,8 @@ def resume_config_differences(saved: dict[str, Any], config_dict: dict[str, Any]
 
 def _check_resume_config(config_dict: dict, model_dir: str, write: bool = True) -> None:
     path = os.path.join(model_dir, trained_model.CONFIG_FILENAME)
-    if tf.io.gfile.exists(path):
-        with tf.io.gfile.GFile(path) as f:
-            saved = json.load(f)
+
+    def check_settings(saved: dict) -> None:
         changed = resume_config_differences(saved, config_dict)
         if changed:
             key = changed[0]
@@ -190,12 +192,8 @@ def _check_resume_config(config_dict: dict, model_dir: str, write: bool = True) 
                 f"{path}: this run has --{flag}={shown} but {model_dir} holds a retraining "
                 f"run with a different {flag} ({saved.get(flag, saved[key])}); resume with "
                 "the same settings or use another --model_dir")
-        # Runs written before the flag existed ran in float32.
-        precision.check_resume(saved.get("mixed_precision", "off"),
-                               config_dict["mixed_precision"], path)
-    if not write:
-        return
-    atomic_write.write_json(path, config_dict)
+
+    runner.check_resume_config(path, config_dict, write, check_settings)
 
 
 def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
@@ -242,18 +240,96 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
     return train_step
 
 
-class _Writer(summaries.SummaryWriter):
-    """TensorBoard summaries of a retraining run (none on a non-chief worker)."""
+def _write_images(writer: summaries.SummaryWriter, step: int, images, labels, predictions,
+                  palette) -> None:
+    """Training crops, their ground truth and the predictions, in the dataset's palette."""
+    with writer.writer.as_default(step=step):
+        tf.summary.image("train/image", palette_lib.denormalize_image(images),
+                         max_outputs=images.shape[0])
+        tf.summary.image("train/ground_truth", palette_lib.colorize_tf(labels, palette),
+                         max_outputs=images.shape[0])
+        tf.summary.image("train/prediction", palette_lib.colorize_tf(predictions, palette),
+                         max_outputs=images.shape[0])
+    writer.flush()
 
-    def images(self, step: int, images, labels, predictions, palette) -> None:
-        with self.writer.as_default(step=step):
-            tf.summary.image("train/image", palette_lib.denormalize_image(images),
-                             max_outputs=images.shape[0])
-            tf.summary.image("train/ground_truth", palette_lib.colorize_tf(labels, palette),
-                             max_outputs=images.shape[0])
-            tf.summary.image("train/prediction", palette_lib.colorize_tf(predictions, palette),
-                             max_outputs=images.shape[0])
-        self.writer.flush()
+
+class _RetrainTrainer(runner.Trainer):
+    """The retraining's part of the loop: the training step, and training crops with their
+    predictions at every checkpoint."""
+
+    diverged_error = RetrainDiverged
+    divergence_hint = "--base_learning_rate"
+
+    def __init__(self, config: RetrainConfig, model: keras.Model,
+                 optimizer: keras.optimizers.Optimizer,
+                 schedule: keras.optimizers.schedules.LearningRateSchedule,
+                 rt: runner.Runtime, data: runner.Data):
+        self.config, self.model, self.optimizer, self.schedule = config, model, optimizer, schedule
+        self.rt, self.data = rt, data
+        self.step_fn: Callable | None = None
+        self.writer: summaries.SummaryWriter | None = None
+        self.traced = False
+        self.last_batch = None
+        self.loss = float("nan")
+
+    def checkpoint_items(self) -> dict:
+        return dict(model=checkpointing.VariableBundle.for_model(self.model),
+                    optimizer=checkpointing.VariableBundle(self.optimizer.variables))
+
+    def train_begin(self, writer: summaries.SummaryWriter) -> None:
+        config = self.config
+        self.writer = writer
+        self.step_fn = make_train_step(self.model, self.optimizer, self.rt.strategy,
+                                       self.data.num_classes, self.data.ignore_label,
+                                       config.weight_decay, config.train_steps,
+                                       config.jit_compile)
+
+    def trace_message(self, batch) -> str | None:
+        if self.traced:
+            return None
+        strategy = self.rt.strategy
+        local = strategy.experimental_local_results(batch[0])[0].shape[0]
+        return (f"tracing the training step ({local} images a replica, "
+                f"{strategy.num_replicas_in_sync} replicas; the first step builds the graph "
+                "and takes longer)...")
+
+    def train_step(self, batch) -> dict[str, float]:
+        ce, l2 = self.step_fn(batch)
+        self.traced = True
+        ce, l2 = float(ce), float(l2)
+        self.loss = ce + l2
+        self.last_batch = batch
+        return {"cross_entropy": ce, "weight_decay": l2, "loss": self.loss}
+
+    def describe_losses(self, losses: dict[str, float]) -> str:
+        return f"cross-entropy {losses['cross_entropy']}, weight decay {losses['weight_decay']}"
+
+    def log_progress(self, at: runner.At, losses: dict[str, float],
+                     meter: progress_lib.ProgressMeter | None) -> None:
+        step, train_steps, loss = at.global_step, self.config.train_steps, losses["loss"]
+        if meter is None:
+            self.rt.log(f"step {step}/{train_steps} | loss {loss:.4f}")
+            return
+        ce, l2 = losses["cross_entropy"], losses["weight_decay"]
+        lr = float(self.schedule(step - 1))
+        epoch = step // self.data.steps_per_epoch + 1
+        self.rt.log(f"step {step}/{train_steps} (epoch {epoch}) | "
+                    f"loss {loss:.4f} (xent {ce:.4f}) | lr {lr:.5f} | {meter.summary()}")
+        self.writer.scalars(step, {"train/loss": loss, "train/cross_entropy": ce,
+                                   "train/weight_decay_loss": l2, "train/learning_rate": lr,
+                                   "train/steps_per_second": meter.rate,
+                                   "train/drop_path_progress": min(1.0, step / train_steps)})
+
+    def checkpoint_saved(self, global_step: int) -> None:
+        config = self.config
+        if self.rt.is_chief and self.last_batch is not None and config.num_summary_images > 0:
+            images, labels = (self.rt.strategy.experimental_local_results(t)[0]
+                              for t in self.last_batch)
+            images = images[:config.num_summary_images]
+            labels = labels[:config.num_summary_images]
+            predictions = tf.argmax(self.model(images, training=False), axis=-1)
+            _write_images(self.writer, global_step, images, labels, predictions,
+                          self.data.palette)
 
 
 def run_retrain(config: RetrainConfig,
@@ -271,51 +347,47 @@ def run_retrain(config: RetrainConfig,
     config.validate()
     arch = load_architecture(config.architecture)
     model_dir = config.model_dir
-    keras.utils.set_random_seed(config.seed)
-    if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    strategy = distribute.make_strategy(config.strategy, config.collective_communication,
-                                        config.collective_timeout_s)
-    is_chief, task_type, task_id = distribute.worker_role(strategy)
-    log = distribute.worker_log(strategy, log, "retraining", model_dir)
+    rt = runner.start(config, "retraining", log)
+    log = rt.log
 
     if dataset_fn is None:
-        from datasets import input_pipeline, registry  # the data layer is optional for tests
+        def make(descriptor, data_dir):
+            from datasets import input_pipeline
 
-        descriptor = registry.get(config.dataset)
-        data_dir = input_pipeline.resolve_data_dir(config.dataset, config.data_dir)
-        num_classes = descriptor.num_classes
-        ignore_label = descriptor.ignore_label
-        palette = descriptor.palette
-        steps_per_epoch = input_pipeline.retrain_steps_per_epoch(
-            descriptor, data_dir, config.batch_size, split=descriptor.train_split)
-        if steps_per_epoch < 1:
-            raise ValueError(f"--batch_size={config.batch_size} is larger than the "
-                             f"{config.dataset} train split")
+            def dataset_fn(epoch):
+                return input_pipeline.retrain_dataset(
+                    descriptor, data_dir, split=descriptor.train_split,
+                    batch_size=config.batch_size, crop_size=config.crop_size,
+                    min_scale=config.min_scale, max_scale=config.max_scale, seed=config.seed,
+                    epoch=epoch)
 
-        def dataset_fn(epoch):
-            return input_pipeline.retrain_dataset(
-                descriptor, data_dir, split=descriptor.train_split,
-                batch_size=config.batch_size, crop_size=config.crop_size,
-                min_scale=config.min_scale, max_scale=config.max_scale, seed=config.seed,
-                epoch=epoch)
-    elif num_classes is None or steps_per_epoch is None:
-        raise ValueError("a custom dataset_fn needs num_classes and steps_per_epoch")
-    if palette is None:
+            return dataset_fn, input_pipeline.retrain_steps_per_epoch(
+                descriptor, data_dir, config.batch_size, split=descriptor.train_split)
+
+        data = runner.registered_data(
+            config.dataset, config.data_dir, make,
+            f"--batch_size={config.batch_size} is larger than the {config.dataset} train "
+            "split")
+    else:
+        data = runner.custom_data(dataset_fn, num_classes, steps_per_epoch, ignore_label,
+                                  palette)
+    if data.palette is None:
         rng = np.random.default_rng(0)
-        palette = [tuple(int(c) for c in rng.integers(0, 256, 3)) for _ in range(num_classes)]
+        data = dataclasses.replace(data, palette=[
+            tuple(int(c) for c in rng.integers(0, 256, 3)) for _ in range(data.num_classes)])
+    strategy = rt.strategy
     if config.batch_size % strategy.num_replicas_in_sync:
         raise ValueError(f"--batch_size={config.batch_size} must be a multiple of the "
                          f"{strategy.num_replicas_in_sync} replicas")
-    config.num_classes = int(num_classes)
+    config.num_classes = int(data.num_classes)
     config_dict = dataclasses.asdict(config)
     config_dict["stem_filters"] = list(config.stem_filters)
     config_dict["architecture_spec"] = arch.to_dict()
-    config_dict["ignore_label"] = int(ignore_label)
+    config_dict["ignore_label"] = int(data.ignore_label)
     # Created only now, once the flags and the data have been checked: a run that fails
     # before this leaves no empty --model_dir behind.
     tf.io.gfile.makedirs(model_dir)
-    _check_resume_config(config_dict, model_dir, write=is_chief)
+    _check_resume_config(config_dict, model_dir, write=rt.is_chief)
 
     with strategy.scope():
         model = trained_model.build_model(config_dict, config.mixed_precision)
@@ -328,101 +400,19 @@ def run_retrain(config: RetrainConfig,
             optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum, name="sgd")
         optimizer = precision.wrap_optimizer(optimizer, config.mixed_precision)
         optimizer.build(model.trainable_variables)
-    # Read and written only from Python, between steps: a plain variable, not a mirrored one.
-    step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-    checkpoint = tf.train.Checkpoint(
-        model=checkpointing.VariableBundle.for_model(model),
-        optimizer=checkpointing.VariableBundle(optimizer.variables),
-        global_step=step_var)
-    checkpoints = distribute.ChiefCheckpoints(
-        checkpoint, os.path.join(model_dir, checkpointing.CHECKPOINT_SUBDIR), is_chief,
-        temp_prefix=f"retrain_{task_type}{task_id}_ckpt_", max_to_keep=5)
-    try:
-        return _retrain_loop(config, model, optimizer, schedule, strategy, checkpoint, step_var,
-                             checkpoints, is_chief, steps_per_epoch, dataset_fn, num_classes,
-                             ignore_label, palette, log)
-    finally:
-        checkpoints.close()
-
-
-def _retrain_loop(config, model, optimizer, schedule, strategy, checkpoint, step_var,
-                  checkpoints, is_chief, steps_per_epoch, dataset_fn, num_classes,
-                  ignore_label, palette, log) -> RetrainResult:
-    latest = checkpoints.latest  # every worker resumes from the chief's
-    if latest:
-        checkpoint.restore(latest).assert_existing_objects_matched()
-        log(f"resumed from {latest} at step {int(step_var)} of {config.train_steps}")
-    checkpoints.check_resumed_together(strategy, int(step_var), latest)
-
-    num_replicas = strategy.num_replicas_in_sync
-    train_steps = config.train_steps
-    train_step = make_train_step(model, optimizer, strategy, num_classes, ignore_label,
-                                 config.weight_decay, train_steps, config.jit_compile)
-    writer = _Writer(config.model_dir if is_chief else None)
-    last_batch = None
-
-    def save() -> str:
-        path = checkpoints.save(int(step_var))
-        if is_chief and last_batch is not None and config.num_summary_images > 0:
-            images, labels = (strategy.experimental_local_results(t)[0] for t in last_batch)
-            images = images[:config.num_summary_images]
-            labels = labels[:config.num_summary_images]
-            predictions = tf.argmax(model(images, training=False), axis=-1)
-            writer.images(int(step_var), images, labels, predictions, palette)
-        return path
-
-    stop_at = min(train_steps, config.max_steps or train_steps)
-    meter = progress_lib.ProgressMeter(stop_at, config.log_every_steps, done=int(step_var))
-    start = time.perf_counter()
-    steps_run = 0
-    loss = float("nan")
-    while int(step_var) < stop_at:
-        epoch, done_in_epoch = divmod(int(step_var), steps_per_epoch)
-        data = dataset_fn(epoch).take(steps_per_epoch).skip(done_in_epoch)
-        data = data.take(stop_at - int(step_var))
-        for batch in strategy.experimental_distribute_dataset(data):
-            if steps_run == 0:
-                local = strategy.experimental_local_results(batch[0])[0].shape[0]
-                log(f"tracing the training step ({local} images a replica, {num_replicas} "
-                    "replicas; the first step builds the graph and takes longer)...")
-            ce, l2 = train_step(batch)
-            ce, l2 = float(ce), float(l2)
-            loss = ce + l2
-            if not np.isfinite(loss):
-                last = checkpoints.latest or "none (nothing was saved yet)"
-                raise RetrainDiverged(
-                    f"loss became NaN or Inf at step {int(step_var) + 1} (cross-entropy {ce}, "
-                    f"weight decay {l2}); stopping. Nothing from this step was saved; the last "
-                    f"good checkpoint is {last}. Try a lower --base_learning_rate.")
-            step_var.assign_add(1)
-            last_batch = batch
-            steps_run += 1
-            step = int(step_var)
-            if steps_run == 1:
-                meter.restart_clock(step)  # the rate should not include tracing
-                log(f"step {step}/{train_steps} | loss {loss:.4f}")
-            elif meter.step(step):
-                lr = float(schedule(step - 1))
-                log(f"step {step}/{train_steps} (epoch {step // steps_per_epoch + 1}) | loss "
-                    f"{loss:.4f} (xent {ce:.4f}) | lr {lr:.5f} | {meter.summary()}")
-                writer.scalars(step, {"train/loss": loss, "train/cross_entropy": ce,
-                                      "train/weight_decay_loss": l2, "train/learning_rate": lr,
-                                      "train/steps_per_second": meter.rate,
-                                      "train/drop_path_progress": min(1.0, step / train_steps)})
-            if step % config.checkpoint_every_steps == 0 and step < stop_at:
-                save()
-                meter.restart_clock(step)
-    path = checkpoints.latest
-    if steps_run or path is None or checkpointing.checkpoint_step(path) != int(step_var):
-        path = save()
-    writer.writer.flush()
-    completed = int(step_var) >= train_steps
-    elapsed = time.perf_counter() - start
-    if completed:
-        log(f"retraining finished: {int(step_var)} steps ({steps_run} in this run, "
-            f"{elapsed:.0f} s); checkpoint {path}")
+    trainer = _RetrainTrainer(config, model, optimizer, schedule, rt, data)
+    settings = runner.LoopSettings(
+        model_dir=model_dir, name="retrain", steps_per_epoch=data.steps_per_epoch,
+        total_steps=config.train_steps, max_steps=config.max_steps,
+        checkpoint_every_steps=config.checkpoint_every_steps,
+        log_every_steps=config.log_every_steps, max_to_keep=5, by_epoch=False)
+    loop = runner.Controller(trainer, rt, settings, data.dataset_fn).run()
+    if loop.completed:
+        log(f"retraining finished: {loop.global_step} steps ({loop.steps_run} in this run, "
+            f"{loop.elapsed_s:.0f} s); checkpoint {loop.checkpoint}")
     else:
-        log(f"stopped at step {int(step_var)} of {train_steps} (--max_steps) after {elapsed:.0f}"
-            f" s; checkpoint {path}. Re-run the same command to resume.")
-    return RetrainResult(global_step=int(step_var), completed=completed, checkpoint=path,
-                         last_loss=loss, model=model)
+        log(f"stopped at step {loop.global_step} of {config.train_steps} (--max_steps) after "
+            f"{loop.elapsed_s:.0f} s; checkpoint {loop.checkpoint}. Re-run the same command to "
+            "resume.")
+    return RetrainResult(global_step=loop.global_step, completed=loop.completed,
+                         checkpoint=loop.checkpoint, last_loss=trainer.loss, model=model)

@@ -12,6 +12,9 @@
   MODEL_DIR/architectures/epoch_NNN.json, and says when the architecture changed;
 * logs scalars, softmax(alpha), the beta trellis and the genotype to TensorBoard.
 
+The loop itself (resume, checkpoint cadence, NaN guard, progress, --max_steps) is
+`runner.Controller`'s; this module supplies the bilevel step and what ends an epoch.
+
 With --strategy=multi_worker (MultiWorkerMirroredStrategy; README, "Running on several
 machines") every worker runs this same loop on its shard of each global batch. Only the chief writes
 MODEL_DIR (checkpoints, search_config.json, search_split.json, TensorBoard, architecture
@@ -25,14 +28,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import time
 from typing import Callable
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from auto_deeplab_tf import atomic_write
 from auto_deeplab_tf import checkpointing
 from auto_deeplab_tf import common
 from auto_deeplab_tf import decoding
@@ -41,6 +42,7 @@ from auto_deeplab_tf import metrics as metrics_lib
 from auto_deeplab_tf import mixed_op
 from auto_deeplab_tf import precision
 from auto_deeplab_tf import progress
+from auto_deeplab_tf import runner
 from auto_deeplab_tf import search_space
 from auto_deeplab_tf import summaries
 from auto_deeplab_tf import visualize
@@ -72,7 +74,7 @@ _VERSION_KEY = "search_version"
 WEIGHT_OPTIMIZERS = ("sgd", "adam")
 
 
-class SearchDiverged(RuntimeError):
+class SearchDiverged(runner.Diverged):
     """A loss became NaN or Inf."""
 
 
@@ -171,9 +173,8 @@ def _check_resume_config(config: SearchConfig, model_dir: str, write: bool = Tru
     path = os.path.join(model_dir, CONFIG_FILENAME)
     current = dataclasses.asdict(config)
     current[_VERSION_KEY] = SEARCH_VERSION
-    if tf.io.gfile.exists(path):
-        with tf.io.gfile.GFile(path) as f:
-            saved = json.load(f)
+
+    def check_settings(saved: dict) -> None:
         for key in _RESUME_KEYS:
             if key not in saved and key not in RESUME_KEYS_ADDED_LATER:
                 continue
@@ -183,9 +184,8 @@ def _check_resume_config(config: SearchConfig, model_dir: str, write: bool = Tru
                     f"{path}: this run has --{key}={current[key]} but {model_dir} holds a "
                     f"search with --{key}={before}; resume with the same settings or use "
                     "another --model_dir")
-        # Runs written before the flag existed ran in float32.
-        precision.check_resume(saved.get("mixed_precision", "off"), config.mixed_precision,
-                               path)
+
+    def check_version(saved: dict) -> None:
         version = saved.get(_VERSION_KEY, 1)
         # A finished search only reports its result again, which is safe to do.
         unfinished = _unfinished_checkpoint(model_dir, config.epochs) \
@@ -197,9 +197,8 @@ def _check_resume_config(config: SearchConfig, model_dir: str, write: bool = Tru
                 f"{SEARCH_VERSION}), whose steps differ from this one's; resuming would mix "
                 "the two. Start a new --model_dir, or finish it with the version that "
                 "started it")
-    if not write:
-        return
-    atomic_write.write_json(path, current)
+
+    runner.check_resume_config(path, current, write, check_settings, check_version)
 
 
 def build_search_model(config: SearchConfig, num_classes: int, total_steps: int,
@@ -263,18 +262,134 @@ def make_step_function(model: SearchModel, strategy: tf.distribute.Strategy,
     return step
 
 
-class _Writer(summaries.SummaryWriter):
-    """TensorBoard summaries of a search run (none on a non-chief worker)."""
+def _write_architecture(writer: summaries.SummaryWriter, step: int, alpha_w: np.ndarray,
+                        beta_w: np.ndarray, arch: Architecture) -> None:
+    """softmax(alpha), the beta trellis and the genotype, to TensorBoard."""
+    with writer.writer.as_default(step=step):
+        tf.summary.image("architecture/softmax_alpha", visualize.alpha_heatmap(alpha_w)[None])
+        tf.summary.image("architecture/beta_trellis",
+                         visualize.trellis_image(beta_w, arch.path)[None])
+        tf.summary.text("architecture/genotype", "```\n" + arch.to_text() + "\n```")
+    writer.flush()
 
-    def architecture(self, step: int, alpha_w: np.ndarray, beta_w: np.ndarray,
-                     arch: Architecture) -> None:
-        with self.writer.as_default(step=step):
-            tf.summary.image("architecture/softmax_alpha",
-                             visualize.alpha_heatmap(alpha_w)[None])
-            tf.summary.image("architecture/beta_trellis",
-                             visualize.trellis_image(beta_w, arch.path)[None])
-            tf.summary.text("architecture/genotype", "```\n" + arch.to_text() + "\n```")
-        self.writer.flush()
+
+class _SearchTrainer(runner.Trainer):
+    """The search's part of the loop: the bilevel step, and decoding at every epoch end."""
+
+    diverged_error = SearchDiverged
+    divergence_hint = "--weight_lr or --arch_lr"
+
+    def __init__(self, config: SearchConfig, model: SearchModel, rt: runner.Runtime,
+                 steps_per_epoch: int):
+        self.config, self.model, self.steps_per_epoch = config, model, steps_per_epoch
+        self.strategy, self.is_chief, self.log = rt.strategy, rt.is_chief, rt.log
+        self.step_fns: dict[bool, Callable] = {}  # by update_arch
+        self.traced: set[bool] = set()
+        self.update_arch = False
+        self.writer: summaries.SummaryWriter | None = None
+        self.arch_path = os.path.join(config.model_dir, common.ARCHITECTURE_FILENAME)
+        self.previous_arch: Architecture | None = None
+        # The first epoch of the current run of identical architectures (and of identical
+        # paths: the path can settle while near-ties in alpha still flip an op of the cell).
+        self.since = {"unchanged_since_epoch": None, "path_unchanged_since_epoch": None}
+
+    def checkpoint_items(self) -> dict:
+        model = self.model
+        return dict(
+            model=checkpointing.VariableBundle(model.variables),
+            weight_optimizer=checkpointing.VariableBundle(model.weight_optimizer.variables),
+            arch_optimizer=checkpointing.VariableBundle(model.arch_optimizer.variables))
+
+    def restore_mismatch_message(self, path: str) -> str:
+        return (f"{path}: the checkpoint does not hold the weights of the supernet these "
+                "settings build (it was written by another version of the code, whose "
+                "weight layout differs); start a new --model_dir")
+
+    def train_begin(self, writer: summaries.SummaryWriter) -> None:
+        self.writer = writer
+        if tf.io.gfile.exists(self.arch_path):
+            self.previous_arch = Architecture.load(self.arch_path)
+            with tf.io.gfile.GFile(self.arch_path) as f:
+                saved = json.load(f).get(common.ARCH_METADATA, {})
+            self.since = {key: saved.get(key) for key in self.since}
+
+    def train_loop_begin(self, epoch: int) -> None:
+        self.update_arch = epoch >= self.config.arch_start_epoch
+        if self.update_arch not in self.step_fns:
+            self.step_fns[self.update_arch] = make_step_function(
+                self.model, self.strategy, self.update_arch, self.config.jit_compile)
+        for m in self.model.search_metrics:
+            m.reset_state()
+
+    def trace_message(self, batch) -> str | None:
+        if self.update_arch in self.traced:
+            return None
+        return (f"tracing the {'bilevel' if self.update_arch else 'weight-only'} step "
+                "(its first call builds the graph and takes longer)...")
+
+    def train_step(self, batch) -> dict[str, float]:
+        loss_a, loss_b = self.step_fns[self.update_arch](batch)
+        self.traced.add(self.update_arch)
+        return {"loss_a": float(loss_a), "loss_b": float(loss_b)}
+
+    def describe_losses(self, losses: dict[str, float]) -> str:
+        return f"loss A {losses['loss_a']}, loss B {losses['loss_b']}"
+
+    def log_progress(self, at: runner.At, losses: dict[str, float],
+                     meter: progress.ProgressMeter | None) -> None:
+        if meter is None:
+            return  # no line without a rate
+        config, loss_a, loss_b = self.config, losses["loss_a"], losses["loss_b"]
+        lr = float(self.model.weight_optimizer.learning_rate)
+        self.log(f"epoch {at.epoch + 1}/{config.epochs} step {at.step_in_epoch}/"
+                 f"{self.steps_per_epoch} | loss A {loss_a:.4f}"
+                 + (f" B {loss_b:.4f}" if self.update_arch else "")
+                 + f" | lr {lr:.5f} | {meter.summary()}")
+        scalars = {"train/loss_a": loss_a, "train/weight_lr": lr,
+                   "train/steps_per_second": meter.rate}
+        if self.update_arch:
+            scalars.update({"train/loss_b": loss_b, "train/arch_lr": config.arch_lr})
+        self.writer.scalars(at.global_step, scalars)
+
+    def train_loop_end(self, epoch: int, global_step: int) -> None:
+        """Decodes the architecture, writes its JSON files and the epoch's summaries."""
+        config, model = self.config, self.model
+        alpha = model.alpha.numpy()
+        beta = model.beta.numpy()
+        arch, meta = decoding.decode_architecture(alpha, beta)
+        self.since.update(unchanged_since(self.since, self.previous_arch, arch, epoch + 1))
+        meta.update(origin_metadata(common.ORIGIN_SEARCH, config.seed), epoch=epoch + 1,
+                    global_step=global_step, **self.since)
+        if self.is_chief:
+            arch.save(self.arch_path, meta)
+            arch.save(os.path.join(config.model_dir, EPOCH_ARCH_SUBDIR,
+                                   f"epoch_{epoch + 1:03d}.json"), meta)
+        if self.previous_arch is None or arch != self.previous_arch:
+            what = "first decoded" if self.previous_arch is None else "changed"
+            self.log(f"epoch {epoch + 1}: architecture {what}: path {list(arch.path)}, cell "
+                     f"{[list(map(list, b)) for b in arch.cell]} (path probability "
+                     f"{meta['path_probability']:.3g})")
+        self.previous_arch = arch
+        values = {"epoch/loss_a": model.loss_a.result(),
+                  "epoch/miou_a": metrics_lib.mean_iou(model.confusion_a.matrix),
+                  "epoch/pixel_accuracy_a": metrics_lib.pixel_accuracy(model.confusion_a.matrix),
+                  "epoch/path_probability": meta["path_probability"]}
+        # Before arch_start_epoch trainB is not used: logging its zeros would draw a
+        # false curve.
+        if epoch >= config.arch_start_epoch:
+            values["epoch/loss_b"] = model.loss_b.result()
+            values["epoch/miou_b"] = metrics_lib.mean_iou(model.confusion_b.matrix)
+            values["epoch/pixel_accuracy_b"] = metrics_lib.pixel_accuracy(
+                model.confusion_b.matrix)
+        self.writer.scalars(global_step, values)
+        _write_architecture(self.writer, global_step, search_space.softmax(alpha),
+                            search_space.normalize_beta(beta), arch)
+        self.log(f"epoch {epoch + 1}/{config.epochs} done: loss A "
+                 f"{float(values['epoch/loss_a']):.4f}, mIoU A "
+                 f"{float(values['epoch/miou_a']):.3f}"
+                 + (f", loss B {float(values['epoch/loss_b']):.4f}, mIoU B "
+                    f"{float(values['epoch/miou_b']):.3f}" if 'epoch/miou_b' in values
+                    else ""))
 
 
 def run_search(config: SearchConfig,
@@ -289,206 +404,53 @@ def run_search(config: SearchConfig,
     config.validate()
     model_dir = config.model_dir
     tf.io.gfile.makedirs(model_dir)
-    keras.utils.set_random_seed(config.seed)
-    if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    strategy = distribute.make_strategy(config.strategy, config.collective_communication,
-                                        config.collective_timeout_s)
-    is_chief, task_type, task_id = distribute.worker_role(strategy)
-    log = distribute.worker_log(strategy, log, "search", model_dir)
+    rt = runner.start(config, "search", log)
+    log = rt.log
 
-    ignore_label = 255
     if dataset_fn is None:
-        from datasets import input_pipeline, registry  # the data layer is optional for tests
+        def make(descriptor, data_dir):
+            from datasets import input_pipeline
 
-        descriptor = registry.get(config.dataset)
-        data_dir = input_pipeline.resolve_data_dir(config.dataset, config.data_dir)
-        num_classes = descriptor.num_classes
-        ignore_label = descriptor.ignore_label
-        available = input_pipeline.search_steps_per_epoch(
-            descriptor, data_dir, model_dir, config.batch_size, config.seed, write=is_chief)
-        if available < 1:
-            raise ValueError(f"--batch_size={config.batch_size} is larger than each half of "
-                             f"the {config.dataset} train split")
+            def dataset_fn(epoch):
+                return input_pipeline.search_datasets(
+                    descriptor, data_dir, model_dir, batch_size=config.batch_size,
+                    crop_size=config.crop_size, scale=config.scale, seed=config.seed,
+                    epoch=epoch, write_split=rt.is_chief)
 
-        def dataset_fn(epoch):
-            return input_pipeline.search_datasets(
-                descriptor, data_dir, model_dir, batch_size=config.batch_size,
-                crop_size=config.crop_size, scale=config.scale, seed=config.seed,
-                epoch=epoch, write_split=is_chief)
+            return dataset_fn, input_pipeline.search_steps_per_epoch(
+                descriptor, data_dir, model_dir, config.batch_size, config.seed,
+                write=rt.is_chief)
+
+        data = runner.registered_data(
+            config.dataset, config.data_dir, make,
+            f"--batch_size={config.batch_size} is larger than each half of the "
+            f"{config.dataset} train split")
     else:
-        available = config.steps_per_epoch
-        if available is None or num_classes is None:
-            raise ValueError("a custom dataset_fn needs steps_per_epoch and num_classes")
-    steps_per_epoch = min(available, config.steps_per_epoch or available)
+        data = runner.custom_data(dataset_fn, num_classes, config.steps_per_epoch)
+    steps_per_epoch = min(data.steps_per_epoch, config.steps_per_epoch or data.steps_per_epoch)
     total_steps = config.epochs * steps_per_epoch
-    _check_resume_config(config, model_dir, write=is_chief)
+    _check_resume_config(config, model_dir, write=rt.is_chief)
 
-    with strategy.scope():
-        model = build_search_model(config, num_classes, total_steps, ignore_label)
-    # Host-side counters, outside the strategy scope: plain variables that int() can read
-    # (the same value on every worker; a mirrored one has no __int__).
-    epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-    step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
-    checkpoint = tf.train.Checkpoint(
-        model=checkpointing.VariableBundle(model.variables),
-        weight_optimizer=checkpointing.VariableBundle(model.weight_optimizer.variables),
-        arch_optimizer=checkpointing.VariableBundle(model.arch_optimizer.variables),
-        epoch=epoch_var, step_in_epoch=step_var)
-    checkpoints = distribute.ChiefCheckpoints(
-        checkpoint, os.path.join(model_dir, checkpointing.CHECKPOINT_SUBDIR), is_chief,
-        temp_prefix=f"search_{task_type}{task_id}_ckpt_", max_to_keep=3)
-    try:
-        return _search_loop(config, model, strategy, checkpoint, epoch_var, step_var,
-                            checkpoints, is_chief, steps_per_epoch, total_steps, dataset_fn,
-                            log)
-    finally:
-        checkpoints.close()
-
-
-def _search_loop(config, model, strategy, checkpoint, epoch_var, step_var, checkpoints,
-                 is_chief, steps_per_epoch, total_steps, dataset_fn, log) -> SearchResult:
-    model_dir = config.model_dir
-    latest = checkpoints.latest  # every worker resumes from the chief's
-    if latest:
-        status = checkpoint.restore(latest)
-        try:
-            status.assert_existing_objects_matched()
-        except AssertionError:
-            status.expect_partial()  # the error below says it all; no per-variable warnings
-            raise ValueError(
-                f"{latest}: the checkpoint does not hold the weights of the supernet these "
-                "settings build (it was written by another version of the code, whose "
-                "weight layout differs); start a new --model_dir") from None
-        log(f"resumed from {latest} at epoch {int(epoch_var) + 1}, step "
-            f"{int(step_var)} of {steps_per_epoch}")
-    checkpoints.check_resumed_together(
-        strategy, int(epoch_var) * steps_per_epoch + int(step_var), latest)
-    writer = _Writer(model_dir if is_chief else None)
-    step_fns = {}
-    previous_arch = None
-    # The first epoch of the current run of identical architectures (and of identical paths:
-    # the path can settle while near-ties in alpha still flip an op of the cell).
-    since = {"unchanged_since_epoch": None, "path_unchanged_since_epoch": None}
-    arch_path = os.path.join(model_dir, common.ARCHITECTURE_FILENAME)
-    if tf.io.gfile.exists(arch_path):
-        previous_arch = Architecture.load(arch_path)
-        with tf.io.gfile.GFile(arch_path) as f:
-            saved = json.load(f).get(common.ARCH_METADATA, {})
-        since = {key: saved.get(key) for key in since}
-
-    def global_step() -> int:
-        return int(epoch_var) * steps_per_epoch + int(step_var)
-
-    def save() -> str:
-        return checkpoints.save(global_step())
-
-    def finish_epoch(epoch: int) -> None:
-        nonlocal previous_arch
-        alpha = model.alpha.numpy()
-        beta = model.beta.numpy()
-        arch, meta = decoding.decode_architecture(alpha, beta)
-        since.update(unchanged_since(since, previous_arch, arch, epoch + 1))
-        meta.update(origin_metadata(common.ORIGIN_SEARCH, config.seed), epoch=epoch + 1,
-                    global_step=global_step(), **since)
-        if is_chief:
-            arch.save(arch_path, meta)
-            arch.save(os.path.join(model_dir, EPOCH_ARCH_SUBDIR,
-                                   f"epoch_{epoch + 1:03d}.json"), meta)
-        if previous_arch is None or arch != previous_arch:
-            what = "first decoded" if previous_arch is None else "changed"
-            log(f"epoch {epoch + 1}: architecture {what}: path {list(arch.path)}, cell "
-                f"{[list(map(list, b)) for b in arch.cell]} (path probability "
-                f"{meta['path_probability']:.3g})")
-        previous_arch = arch
-        values = {"epoch/loss_a": model.loss_a.result(),
-                  "epoch/miou_a": metrics_lib.mean_iou(model.confusion_a.matrix),
-                  "epoch/pixel_accuracy_a": metrics_lib.pixel_accuracy(model.confusion_a.matrix),
-                  "epoch/path_probability": meta["path_probability"]}
-        # Before arch_start_epoch trainB is not used: logging its zeros would draw a
-        # false curve.
-        if epoch >= config.arch_start_epoch:
-            values["epoch/loss_b"] = model.loss_b.result()
-            values["epoch/miou_b"] = metrics_lib.mean_iou(model.confusion_b.matrix)
-            values["epoch/pixel_accuracy_b"] = metrics_lib.pixel_accuracy(
-                model.confusion_b.matrix)
-        writer.scalars(global_step(), values)
-        writer.architecture(global_step(), search_space.softmax(alpha),
-                            search_space.normalize_beta(beta), arch)
-        log(f"epoch {epoch + 1}/{config.epochs} done: loss A {float(values['epoch/loss_a']):.4f}"
-            f", mIoU A {float(values['epoch/miou_a']):.3f}"
-            + (f", loss B {float(values['epoch/loss_b']):.4f}, mIoU B "
-               f"{float(values['epoch/miou_b']):.3f}" if 'epoch/miou_b' in values else ""))
-
-    stopped = False
-    start = time.perf_counter()
-    steps_run = 0
-    meter = progress.ProgressMeter(total_steps, every=config.log_every_steps,
-                                   done=global_step())
-    while int(epoch_var) < config.epochs and not stopped:
-        epoch = int(epoch_var)
-        update_arch = epoch >= config.arch_start_epoch
-        traced = update_arch in step_fns
-        if not traced:
-            step_fns[update_arch] = make_step_function(model, strategy, update_arch,
-                                                       config.jit_compile)
-        step_fn = step_fns[update_arch]
-        for m in model.search_metrics:
-            m.reset_state()
-        done_in_epoch = int(step_var)
-        data = dataset_fn(epoch).take(steps_per_epoch).skip(done_in_epoch)
-        for batch in strategy.experimental_distribute_dataset(data):
-            if not traced:
-                log(f"tracing the {'bilevel' if update_arch else 'weight-only'} step "
-                    "(its first call builds the graph and takes longer)...")
-            loss_a, loss_b = step_fn(batch)
-            if not traced:
-                traced = True
-                meter.restart_clock(global_step() + 1)
-            loss_a, loss_b = float(loss_a), float(loss_b)
-            if not (np.isfinite(loss_a) and np.isfinite(loss_b)):
-                last = checkpoints.latest or "none (nothing was saved yet)"
-                raise SearchDiverged(
-                    f"loss became NaN or Inf at epoch {epoch + 1}, step "
-                    f"{int(step_var) + 1} (loss A {loss_a}, loss B {loss_b}); stopping. "
-                    f"Nothing from this step was saved; the last good checkpoint is {last}. "
-                    "Try a lower --weight_lr or --arch_lr.")
-            step_var.assign_add(1)
-            steps_run += 1
-            gs = global_step()
-            if meter.step(gs) or int(step_var) == steps_per_epoch:
-                lr = float(model.weight_optimizer.learning_rate)
-                log(f"epoch {epoch + 1}/{config.epochs} step {int(step_var)}/{steps_per_epoch}"
-                    f" | loss A {loss_a:.4f}" + (f" B {loss_b:.4f}" if update_arch else "")
-                    + f" | lr {lr:.5f} | {meter.summary()}")
-                scalars = {"train/loss_a": loss_a, "train/weight_lr": lr,
-                           "train/steps_per_second": meter.rate}
-                if update_arch:
-                    scalars.update({"train/loss_b": loss_b, "train/arch_lr": config.arch_lr})
-                writer.scalars(gs, scalars)
-            if config.max_steps is not None and gs >= config.max_steps:
-                stopped = True
-                break
-            if int(step_var) % config.checkpoint_every_steps == 0 and \
-                    int(step_var) < steps_per_epoch:
-                save()
-        if stopped and int(step_var) < steps_per_epoch:
-            path = save()
-            log(f"stopped after {global_step()} steps (--max_steps); checkpoint {path}. "
-                "Re-run the same command to resume.")
-            break
-        epoch_var.assign_add(1)
-        step_var.assign(0)
-        save()
-        finish_epoch(epoch)
+    with rt.strategy.scope():
+        model = build_search_model(config, data.num_classes, total_steps, data.ignore_label)
+    trainer = _SearchTrainer(config, model, rt, steps_per_epoch)
+    settings = runner.LoopSettings(
+        model_dir=model_dir, name="search", steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps, max_steps=config.max_steps,
+        checkpoint_every_steps=config.checkpoint_every_steps,
+        log_every_steps=config.log_every_steps, max_to_keep=3, by_epoch=True)
+    loop = runner.Controller(trainer, rt, settings, data.dataset_fn).run()
+    if loop.saved_at_end:  # paused within an epoch
+        log(f"stopped after {loop.global_step} steps (--max_steps); checkpoint "
+            f"{loop.checkpoint}. Re-run the same command to resume.")
     alpha, beta = model.alpha.numpy(), model.beta.numpy()
     arch, meta = decoding.decode_architecture(alpha, beta)
-    elapsed = time.perf_counter() - start
-    log(f"search {'finished' if not stopped else 'paused'} after {steps_run} steps in "
-        f"{elapsed:.0f} s")
-    if int(epoch_var) > 0:
+    log(f"search {'finished' if loop.completed else 'paused'} after {loop.steps_run} steps in "
+        f"{loop.elapsed_s:.0f} s")
+    since = trainer.since
+    if loop.epoch > 0:
         ratio = meta["path_probability"] / meta["uniform_path_probability"]
-        epochs = int(epoch_var)
+        epochs = loop.epoch
         line = (f"decoded path probability {meta['path_probability']:.3g}, {ratio:.2f}x its "
                 f"{meta['uniform_path_probability']:.3g} under a uniform beta; ")
         if None in since.values():
@@ -500,5 +462,5 @@ def _search_loop(config, model, strategy, checkpoint, epoch_var, step_var, check
                      f" of {epochs} epochs: the path; the whole architecture (cell included): "
                      f"the last {epochs - since['unchanged_since_epoch'] + 1}")
         log(line)
-    return SearchResult(arch, meta, completed=int(epoch_var) >= config.epochs,
-                        global_step=global_step(), alpha=alpha, beta=beta)
+    return SearchResult(arch, meta, completed=loop.completed, global_step=loop.global_step,
+                        alpha=alpha, beta=beta)

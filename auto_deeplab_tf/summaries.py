@@ -16,3 +16,6 @@ class SummaryWriter:
         with self.writer.as_default(step=step):
             for name, value in values.items():
                 tf.summary.scalar(name, float(value))
+
+    def flush(self) -> None:
+        self.writer.flush()
