@@ -36,19 +36,21 @@ class ConvBNReLU(keras.layers.Layer):
     """KxK conv (no bias; optional dilation) -> BN -> ReLU."""
 
     def __init__(self, filters: int, kernel_size: int = 1, rate: int = 1,
-                 norm: str = "batch", **kwargs):
+                 norm: str = "batch", bn_momentum: float = ops.BN_MOMENTUM, **kwargs):
         super().__init__(**kwargs)
         self.filters = int(filters)
         self.kernel_size = int(kernel_size)
         self.rate = int(rate)
         self.norm = norm
+        self.bn_momentum = float(bn_momentum)
 
     def build(self, input_shape):
         k = self.kernel_size
         self.kernel = self.add_weight(name="kernel",
                                       shape=(k, k, int(input_shape[-1]), self.filters),
                                       initializer=ops.kernel_initializer())
-        self.bn = ops.make_norm(self.norm, name="bn", affine=True, dtype=self.dtype_policy)
+        self.bn = ops.make_norm(self.norm, name="bn", affine=True, dtype=self.dtype_policy,
+                                bn_momentum=self.bn_momentum)
 
     def call(self, x, training=None):
         kernel = tf.cast(self.kernel, self.compute_dtype)  # mixed precision; else a no-op
@@ -57,7 +59,8 @@ class ConvBNReLU(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "filters": self.filters,
-                "kernel_size": self.kernel_size, "rate": self.rate, "norm": self.norm}
+                "kernel_size": self.kernel_size, "rate": self.rate, "norm": self.norm,
+                "bn_momentum": self.bn_momentum}
 
 
 @keras.saving.register_keras_serializable(package="auto_deeplab_tf")
@@ -65,22 +68,21 @@ class ASPP(keras.layers.Layer):
     """Atrous spatial pyramid pooling (DeepLabv3), output `filters` channels, same size."""
 
     def __init__(self, filters: int = 256, rates: Sequence[int] = (12, 24, 36),
-                 dropout_rate: float = 0.1, norm: str = "batch", **kwargs):
+                 dropout_rate: float = 0.1, norm: str = "batch",
+                 bn_momentum: float = ops.BN_MOMENTUM, **kwargs):
         super().__init__(**kwargs)
         self.filters = int(filters)
         self.rates = tuple(int(r) for r in rates)
         self.dropout_rate = float(dropout_rate)
         self.norm = norm
-        policy = self.dtype_policy
-        self.image_pooling = ConvBNReLU(self.filters, 1, norm=norm, name="image_pooling",
-                                        dtype=policy)
-        self.branch_1x1 = ConvBNReLU(self.filters, 1, norm=norm, name="conv_1x1", dtype=policy)
-        self.atrous = [ConvBNReLU(self.filters, 3, rate=r, norm=norm, name=f"atrous_rate{r}",
-                                  dtype=policy)
+        self.bn_momentum = float(bn_momentum)
+        kw = dict(norm=norm, bn_momentum=self.bn_momentum, dtype=self.dtype_policy)
+        self.image_pooling = ConvBNReLU(self.filters, 1, name="image_pooling", **kw)
+        self.branch_1x1 = ConvBNReLU(self.filters, 1, name="conv_1x1", **kw)
+        self.atrous = [ConvBNReLU(self.filters, 3, rate=r, name=f"atrous_rate{r}", **kw)
                        for r in self.rates]
-        self.projection = ConvBNReLU(self.filters, 1, norm=norm, name="projection",
-                                     dtype=policy)
-        self.dropout = keras.layers.Dropout(self.dropout_rate, name="dropout", dtype=policy)
+        self.projection = ConvBNReLU(self.filters, 1, name="projection", **kw)
+        self.dropout = keras.layers.Dropout(self.dropout_rate, name="dropout", dtype=self.dtype_policy)
 
     def call(self, x, training=None):
         size = spatial_size(x)
@@ -94,7 +96,8 @@ class ASPP(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "filters": self.filters, "rates": list(self.rates),
-                "dropout_rate": self.dropout_rate, "norm": self.norm}
+                "dropout_rate": self.dropout_rate, "norm": self.norm,
+                "bn_momentum": self.bn_momentum}
 
 
 @keras.saving.register_keras_serializable(package="auto_deeplab_tf")
@@ -105,18 +108,19 @@ class Decoder(keras.layers.Layer):
     """
 
     def __init__(self, num_classes: int, low_level_filters: int = 48, filters: int = 256,
-                 num_convs: int = 2, norm: str = "batch", **kwargs):
+                 num_convs: int = 2, norm: str = "batch",
+                 bn_momentum: float = ops.BN_MOMENTUM, **kwargs):
         super().__init__(**kwargs)
         self.num_classes = int(num_classes)
         self.low_level_filters = int(low_level_filters)
         self.filters = int(filters)
         self.num_convs = int(num_convs)
         self.norm = norm
-        self.low_level_projection = ConvBNReLU(self.low_level_filters, 1, norm=norm,
-                                               name="low_level_projection",
-                                               dtype=self.dtype_policy)
-        self.convs = [ConvBNReLU(self.filters, 3, norm=norm, name=f"conv{k}",
-                                 dtype=self.dtype_policy)
+        self.bn_momentum = float(bn_momentum)
+        kw = dict(norm=norm, bn_momentum=self.bn_momentum, dtype=self.dtype_policy)
+        self.low_level_projection = ConvBNReLU(self.low_level_filters, 1,
+                                               name="low_level_projection", **kw)
+        self.convs = [ConvBNReLU(self.filters, 3, name=f"conv{k}", **kw)
                       for k in range(self.num_convs)]
 
     def build(self, x_shape, low_level_shape):
@@ -140,4 +144,5 @@ class Decoder(keras.layers.Layer):
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "num_classes": self.num_classes,
                 "low_level_filters": self.low_level_filters, "filters": self.filters,
-                "num_convs": self.num_convs, "norm": self.norm}
+                "num_convs": self.num_convs, "norm": self.norm,
+                "bn_momentum": self.bn_momentum}

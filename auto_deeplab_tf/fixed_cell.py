@@ -46,12 +46,14 @@ def resize_bilinear(x, size):
     return tf.cast(tf.image.resize(x, size, method="bilinear"), x.dtype)
 
 
-def _make_cell_op(op_name: str, filters: int, stride: int, norm: str, name: str, dtype=None):
+def _make_cell_op(op_name: str, filters: int, stride: int, norm: str, name: str, dtype=None,
+                  bn_momentum: float = ops.BN_MOMENTUM):
     if op_name.startswith("atrous_conv_") and stride == 2:
         kernel_size = int(op_name[-1])
         return ops.AtrousConv(filters, kernel_size, rate=1, stride=2, norm=norm, name=name,
-                              dtype=dtype)
-    return ops.make_op(op_name, filters, stride=stride, norm=norm, name=name, dtype=dtype)
+                              dtype=dtype, bn_momentum=bn_momentum)
+    return ops.make_op(op_name, filters, stride=stride, norm=norm, name=name, dtype=dtype,
+                       bn_momentum=bn_momentum)
 
 
 @keras.saving.register_keras_serializable(package="auto_deeplab_tf")
@@ -65,6 +67,7 @@ class FixedCell(keras.layers.Layer):
       transition: level change from H^{l-1} to this cell: "same", "down" (stride 2, to a
         coarser level) or "up" (bilinear x2 first, to a finer level).
       norm: normalisation kind of `ops.make_norm` ("batch" for the fixed network).
+      bn_momentum: decay of the BNs' moving statistics (`ops.make_norm`).
 
     `call(h_prev, h_prev_prev, size=None, keep_prob=1.0, training=None)`: `size` is the
     output [H, W], required when going up so that odd sizes come out exact; keep_prob is
@@ -72,7 +75,8 @@ class FixedCell(keras.layers.Layer):
     """
 
     def __init__(self, genotype: Sequence[Sequence[Sequence[Any]]], filters: int,
-                 transition: str = "same", norm: str = "batch", **kwargs):
+                 transition: str = "same", norm: str = "batch",
+                 bn_momentum: float = ops.BN_MOMENTUM, **kwargs):
         super().__init__(**kwargs)
         if transition not in TRANSITIONS:
             raise ValueError(f"transition must be one of {TRANSITIONS}, got '{transition}'")
@@ -80,8 +84,9 @@ class FixedCell(keras.layers.Layer):
         self.filters = int(filters)
         self.transition = transition
         self.norm = norm
+        self.bn_momentum = float(bn_momentum)
         self.preprocess = ops.ReLUConvBN(self.filters, 1, norm=norm, name="preprocess",
-                                         dtype=self.dtype_policy)
+                                         dtype=self.dtype_policy, bn_momentum=self.bn_momentum)
         self.block_ops = []
         for b, block in enumerate(self.genotype):
             pair = []
@@ -89,7 +94,8 @@ class FixedCell(keras.layers.Layer):
                 stride = 2 if transition == "down" and state < 2 else 1
                 pair.append(_make_cell_op(op_name, self.filters, stride, norm,
                                           name=f"block{b}_{side}_{op_name}",
-                                          dtype=self.dtype_policy))
+                                          dtype=self.dtype_policy,
+                                          bn_momentum=self.bn_momentum))
             self.block_ops.append(pair)
         self.drop_path = DropPath(name="drop_path", dtype=self.dtype_policy)
 
@@ -98,7 +104,7 @@ class FixedCell(keras.layers.Layer):
         self.project_prev_prev = int(h_prev_prev_shape[-1]) != self.filters
         self.prev_prev_projection = (
             ops.ReLUConvBN(self.filters, 1, norm=self.norm, name="prev_prev_projection",
-                           dtype=self.dtype_policy)
+                           dtype=self.dtype_policy, bn_momentum=self.bn_momentum)
             if self.project_prev_prev else None)
 
     def call(self, h_prev, h_prev_prev, size=None, keep_prob=1.0, training=None):
@@ -128,4 +134,5 @@ class FixedCell(keras.layers.Layer):
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(),
                 "genotype": [[list(p) for p in block] for block in self.genotype],
-                "filters": self.filters, "transition": self.transition, "norm": self.norm}
+                "filters": self.filters, "transition": self.transition, "norm": self.norm,
+                "bn_momentum": self.bn_momentum}

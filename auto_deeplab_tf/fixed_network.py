@@ -84,6 +84,8 @@ class AutoDeepLab(keras.Model):
         the `drop_path_progress` variable (0 = start of training, 1 = end), set with
         `set_drop_path_progress`, or by passing `drop_path_progress=` to call (as
         retraining does). Drop path only acts with training=True.
+      bn_momentum: decay of every BN's moving statistics (the official network's 0.9997;
+        short runs need a faster one, see `train.retrain --bn_momentum`).
       dtype: a Keras dtype policy, passed down to every layer (`precision.dtype_policy`):
         under a mixed policy the network computes in 16 bits on float32 variables, BN
         statistics in float32; the logits come out in the compute dtype.
@@ -94,13 +96,16 @@ class AutoDeepLab(keras.Model):
                  stem_filters: Sequence[int] = (64, 64, 128), aspp_filters: int = 256,
                  aspp_rates: Sequence[int] | None = None, aspp_dropout_rate: float = 0.1,
                  low_level_filters: int = 48, decoder_filters: int = 256,
-                 drop_path_keep_prob: float = 1.0, **kwargs):
+                 drop_path_keep_prob: float = 1.0, bn_momentum: float = ops.BN_MOMENTUM,
+                 **kwargs):
         super().__init__(**kwargs)
         self.architecture = as_architecture(architecture)
         for flag, value in (("num_classes", num_classes),
                             ("filter_multiplier", filter_multiplier)):
             if int(value) < 1:
                 raise ValueError(f"{flag} must be >= 1, got {value}")
+        if not 0.0 <= bn_momentum < 1.0:
+            raise ValueError(f"bn_momentum must be in [0, 1), got {bn_momentum}")
         if not 0.0 < drop_path_keep_prob <= 1.0:
             raise ValueError(f"drop_path_keep_prob must be in (0, 1], got {drop_path_keep_prob}")
         self.num_classes = int(num_classes)
@@ -114,10 +119,12 @@ class AutoDeepLab(keras.Model):
         self.low_level_filters = int(low_level_filters)
         self.decoder_filters = int(decoder_filters)
         self.drop_path_keep_prob = float(drop_path_keep_prob)
+        self.bn_momentum = float(bn_momentum)
         self.low_level_index = low_level_cell_index(self.architecture.path)
 
-        policy = self.dtype_policy  # every layer computes as the model does
-        self.stem = Stem(self.stem_filters, norm="batch", name="stem", dtype=policy)
+        # Every layer computes as the model does, with the model's BN decay.
+        kw = dict(norm="batch", bn_momentum=self.bn_momentum, dtype=self.dtype_policy)
+        self.stem = Stem(self.stem_filters, name="stem", **kw)
         self.cells = []
         previous = 0  # the stem's OS-4 output is at level 0
         for i, level in enumerate(self.architecture.path):
@@ -125,12 +132,12 @@ class AutoDeepLab(keras.Model):
             self.cells.append(FixedCell(
                 self.architecture.cell,
                 search_space.cell_filters(self.filter_multiplier, level),
-                transition=transition, norm="batch", name=f"cell_{i}", dtype=policy))
+                transition=transition, name=f"cell_{i}", **kw))
             previous = level
         self.aspp = ASPP(self.aspp_filters, self.aspp_rates, self.aspp_dropout_rate,
-                         norm="batch", name="aspp", dtype=policy)
+                         name="aspp", **kw)
         self.decoder = Decoder(self.num_classes, self.low_level_filters, self.decoder_filters,
-                               norm="batch", name="decoder", dtype=policy)
+                               name="decoder", **kw)
         self.drop_path_progress = self.add_weight(
             name="drop_path_progress", shape=(), initializer="zeros", trainable=False,
             autocast=False)
@@ -184,4 +191,5 @@ class AutoDeepLab(keras.Model):
                 "aspp_dropout_rate": self.aspp_dropout_rate,
                 "low_level_filters": self.low_level_filters,
                 "decoder_filters": self.decoder_filters,
-                "drop_path_keep_prob": self.drop_path_keep_prob, "name": self.name}
+                "drop_path_keep_prob": self.drop_path_keep_prob,
+                "bn_momentum": self.bn_momentum, "name": self.name}

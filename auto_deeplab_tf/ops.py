@@ -249,13 +249,14 @@ def group_batch_norm(x, groups: int = 1, epsilon: float = SEARCH_BN_EPSILON,
 
 
 def make_norm(kind: str, name: str | None = None, affine: bool = False,
-              dtype=None) -> keras.layers.Layer:
+              dtype=None, bn_momentum: float = BN_MOMENTUM) -> keras.layers.Layer:
     """The normalisation layer of a given kind (see module docstring); `dtype`: its Keras
-    dtype policy (None: the global one), normally its parent layer's."""
+    dtype policy (None: the global one), normally its parent layer's; `bn_momentum`: the
+    moving statistics' decay of the "batch" kind (the search kind keeps none)."""
     if kind == "search":
         return GroupBatchNorm(affine=affine, name=name, dtype=dtype)
     if kind == "batch":
-        return SyncBatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name,
+        return SyncBatchNormalization(momentum=bn_momentum, epsilon=BN_EPSILON, name=name,
                                       dtype=dtype)
     raise ValueError(f"unknown norm '{kind}', expected one of {NORM_KINDS}")
 
@@ -305,7 +306,8 @@ def downsample_size(size):
 class CandidateOp(keras.layers.Layer):
     """Base of the candidate ops: shared constructor arguments and config."""
 
-    def __init__(self, filters: int, stride: int = 1, norm: str = "batch", **kwargs):
+    def __init__(self, filters: int, stride: int = 1, norm: str = "batch",
+                 bn_momentum: float = BN_MOMENTUM, **kwargs):
         super().__init__(**kwargs)
         if stride not in (1, 2):
             raise ValueError(f"stride must be 1 or 2, got {stride}")
@@ -314,12 +316,14 @@ class CandidateOp(keras.layers.Layer):
         self.filters = filters
         self.stride = stride
         self.norm = norm
+        self.bn_momentum = float(bn_momentum)
 
     def _kernel(self, name, shape):
         return self.add_weight(name=name, shape=shape, initializer=kernel_initializer())
 
     def _norm(self, name: str) -> keras.layers.Layer:
-        return make_norm(self.norm, name=name, dtype=self.dtype_policy)
+        return make_norm(self.norm, name=name, dtype=self.dtype_policy,
+                         bn_momentum=self.bn_momentum)
 
     def _cast(self, kernel):
         """A float32 kernel in the compute dtype (mixed precision; else unchanged)."""
@@ -327,7 +331,7 @@ class CandidateOp(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "stride": self.stride,
-                "norm": self.norm}
+                "norm": self.norm, "bn_momentum": self.bn_momentum}
 
 
 class SepConv(CandidateOp):
@@ -452,10 +456,12 @@ class Zero(CandidateOp):
 
 
 def make_op(op_name: str, filters: int, stride: int = 1, norm: str = "batch",
-            name: str | None = None, dtype=None) -> CandidateOp:
+            name: str | None = None, dtype=None, bn_momentum: float = BN_MOMENTUM
+            ) -> CandidateOp:
     """Builds the candidate op called `op_name` (one of `search_space.OPS`); `dtype`: its
-    Keras dtype policy (None: the global one)."""
-    kw = dict(stride=stride, norm=norm, name=name or op_name, dtype=dtype)
+    Keras dtype policy (None: the global one); `bn_momentum`: see `make_norm`."""
+    kw = dict(stride=stride, norm=norm, name=name or op_name, dtype=dtype,
+              bn_momentum=bn_momentum)
     if op_name == "sep_conv_3x3":
         return SepConv(filters, 3, **kw)
     if op_name == "sep_conv_5x5":
@@ -490,13 +496,14 @@ class ReLUConvBN(keras.layers.Layer):
 
     def __init__(self, filters: int, kernel_size: int = 1, stride: int = 1,
                  norm: str = "batch", affine: bool = False, num_copies: int | None = None,
-                 **kwargs):
+                 bn_momentum: float = BN_MOMENTUM, **kwargs):
         super().__init__(**kwargs)
         self.filters = filters
         self.kernel_size = kernel_size
         self.stride = stride
         self.norm = norm
         self.affine = affine
+        self.bn_momentum = float(bn_momentum)
         self.num_copies = stacking.check_num_copies(num_copies)
         if self.num_copies is not None and (norm != "search" or affine):
             raise ValueError("a stacked ReLUConvBN (num_copies) needs norm='search' and "
@@ -508,7 +515,8 @@ class ReLUConvBN(keras.layers.Layer):
         self.kernel = self.add_weight(
             name="kernel", shape=stacking.stacked_shape(self.num_copies, shape),
             initializer=stacking.stacked_initializer(kernel_initializer, self.num_copies))
-        self.bn = make_norm(self.norm, name="bn", affine=self.affine, dtype=self.dtype_policy)
+        self.bn = make_norm(self.norm, name="bn", affine=self.affine, dtype=self.dtype_policy,
+                            bn_momentum=self.bn_momentum)
 
     def kernels(self, copy=None) -> list:
         """[kernel] (of copy `copy`; of all copies, stacked, when None), in the compute
@@ -529,7 +537,8 @@ class ReLUConvBN(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "filters": self.filters,
                 "kernel_size": self.kernel_size, "stride": self.stride, "norm": self.norm,
-                "affine": self.affine, "num_copies": self.num_copies}
+                "affine": self.affine, "num_copies": self.num_copies,
+                "bn_momentum": self.bn_momentum}
 
 
 def search_transition(source_level: int, level: int, filters: int, name_prefix: str,

@@ -17,12 +17,14 @@ class Stem(keras.layers.Layer):
     to the first cell as H^{l-2} and the OS-4 one as H^{l-1}.
     """
 
-    def __init__(self, filters: Sequence[int] = (64, 64, 128), norm: str = "batch", **kwargs):
+    def __init__(self, filters: Sequence[int] = (64, 64, 128), norm: str = "batch",
+                 bn_momentum: float = ops.BN_MOMENTUM, **kwargs):
         super().__init__(**kwargs)
         if len(filters) != 3:
             raise ValueError(f"the stem needs 3 filter counts, got {list(filters)}")
         self.filters = tuple(int(f) for f in filters)
         self.norm = norm
+        self.bn_momentum = float(bn_momentum)
 
     def build(self, input_shape):
         cin = int(input_shape[-1])
@@ -31,7 +33,8 @@ class Stem(keras.layers.Layer):
             self.kernels.append(self.add_weight(name=f"kernel{k}", shape=(3, 3, a, b),
                                                 initializer=ops.kernel_initializer()))
         self.norms = [ops.make_norm(self.norm, name=f"bn{k}", affine=True,
-                                    dtype=self.dtype_policy) for k in range(3)]
+                                    dtype=self.dtype_policy, bn_momentum=self.bn_momentum)
+                      for k in range(3)]
 
     def call(self, images, training=None):
         def conv_bn(x, k, stride):
@@ -46,4 +49,5 @@ class Stem(keras.layers.Layer):
         return os2, os4
 
     def get_config(self):
-        return {**super().get_config(), "filters": list(self.filters), "norm": self.norm}
+        return {**super().get_config(), "filters": list(self.filters), "norm": self.norm,
+                "bn_momentum": self.bn_momentum}

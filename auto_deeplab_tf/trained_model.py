@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from auto_deeplab_tf import architecture as architecture_lib
 from auto_deeplab_tf import checkpointing
+from auto_deeplab_tf import ops
 from auto_deeplab_tf import precision
 from auto_deeplab_tf.fixed_network import AutoDeepLab
 
@@ -40,12 +41,9 @@ def build_model(model_config: dict[str, Any], mixed_precision: str = "off") -> A
         aspp_filters=model_config["aspp_filters"],
         decoder_filters=model_config["decoder_filters"],
         drop_path_keep_prob=model_config.get("drop_path_keep_prob", 1.0),
+        bn_momentum=model_config.get("bn_momentum", ops.BN_MOMENTUM),
         name=MODEL_NAME, dtype=precision.dtype_policy(mixed_precision))
     model.build((None, None, None, 3))
-    if "bn_momentum" in model_config:  # read when a training call is traced: set it after build
-        for layer in model._flatten_layers(include_self=False, recursive=True):
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.momentum = float(model_config["bn_momentum"])
     return model
 
 

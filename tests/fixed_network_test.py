@@ -167,6 +167,37 @@ def test_architecture_with_all_levels_and_stem_low_level():
     assert model_stats.count_params(model.trainable_variables) == expected["total"]
 
 
+def _bn_momenta(model) -> set:
+    import keras
+    return {layer.momentum for layer in model._flatten_layers(include_self=False, recursive=True)
+            if isinstance(layer, keras.layers.BatchNormalization)}
+
+
+def test_bn_momentum_is_a_constructor_argument_of_every_bn():
+    """Every BN of the network (stem, cells, ASPP, decoder) takes the model's bn_momentum at
+    construction, it survives get_config, and a training step moves the moving mean by
+    exactly 1 - momentum of the way to the batch mean."""
+    default = AutoDeepLab(architecture_lib.AUTODEEPLAB, 3, **TINY)
+    default.build((None, None, None, 3))
+    assert _bn_momenta(default) == {0.9997}
+    model = AutoDeepLab(architecture_lib.AUTODEEPLAB, 3, bn_momentum=0.5, **TINY)
+    model.build((None, None, None, 3))
+    assert _bn_momenta(model) == {0.5}
+    clone = AutoDeepLab.from_config(model.get_config())
+    clone.build((None, None, None, 3))
+    assert _bn_momenta(clone) == {0.5}
+    stem_bn = model.stem.norms[0]
+    before = stem_bn.moving_mean.numpy().copy()
+    x = _images(2, 17, 17)
+    model(x, training=True)
+    y = tf.nn.conv2d(x, model.stem.kernels[0], 2, "SAME")
+    batch_mean = tf.reduce_mean(y, axis=[0, 1, 2]).numpy()
+    np.testing.assert_allclose(stem_bn.moving_mean.numpy(), 0.5 * before + 0.5 * batch_mean,
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="bn_momentum must be in"):
+        AutoDeepLab(architecture_lib.AUTODEEPLAB, 3, bn_momentum=1.0)
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError):
         AutoDeepLab(architecture_lib.AUTODEEPLAB, 0)
