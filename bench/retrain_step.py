@@ -13,12 +13,13 @@ on a GPU, the peak GPU memory.
 from __future__ import annotations
 
 import json
-import resource
 import time
 
 import numpy as np
 from absl import app
 from absl import flags
+
+from bench import measure
 
 _F = flags.DEFINE_integer("filter_multiplier", 20, "F (20: Auto-DeepLab-S).")
 _CLASSES = flags.DEFINE_integer("num_classes", 19, "Classes.")
@@ -70,11 +71,8 @@ def main(argv):
               "median_step_s": round(median, 4),
               "images_per_s": round(_BATCH.value / median, 3),
               "trace_and_first_step_s": round(first, 2),
-              "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
-              "peak_gpu_memory_gb": None}
-    if _DEVICE.value == "gpu":
-        info = tf.config.experimental.get_memory_info("GPU:0")
-        result["peak_gpu_memory_gb"] = round(info["peak"] / 2**30, 3)
+              "peak_rss_gb": measure.peak_rss_gb(),
+              "peak_gpu_memory_gb": measure.peak_gpu_memory_gb(_DEVICE.value)}
     print(json.dumps(result))
 
 
