@@ -2,7 +2,8 @@
 
   python -m bench.search_step --filter_multiplier=8 --num_layers=12 --num_classes=19 \
       --batch_size=2 --crop_size=64 [--steps=5] [--device=cpu|gpu] [--jit_compile] \
-      [--mixed_precision=off|bf16|fp16] [--recompute_layers] [--partial_channels=K]
+      [--mixed_precision=off|bf16|fp16] [--recompute_layers] [--partial_channels=K] \
+      [--replicas=N [--nosync_bn]]
 
 Prints one JSON line: the median step time over --steps timed steps (after one warm-up
 step that traces the graph), the trace+first-step time and the tracing alone in it
@@ -18,14 +19,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
-import resource
 import time
 from typing import Any, Callable, Iterator
 
 import numpy as np
 from absl import app
 from absl import flags
+
+from bench import measure
 
 _F = flags.DEFINE_integer("filter_multiplier", 8, "F.")
 _L = flags.DEFINE_integer("num_layers", 12, "L.")
@@ -47,6 +48,13 @@ _PARTIAL = flags.DEFINE_integer("partial_channels", 1, "As train.search's flag (
 _GRAPPLER = flags.DEFINE_bool("grappler", True, "TensorFlow's graph optimizer (Grappler) on "
                               "the step's functions; --nograppler measures what it costs at "
                               "the first step and gains per step.")
+_REPLICAS = flags.DEFINE_integer("replicas", 1, "Replicas of a MirroredStrategy: that many "
+                                 "logical CPU devices (or GPUs, with --device=gpu); the "
+                                 "global --batch_size is split among them.", lower_bound=1)
+_SYNC_BN = flags.DEFINE_bool("sync_bn", True, "With --replicas > 1: the search BNs take the "
+                             "global batch's statistics, as train.search does. --nosync_bn "
+                             "keeps per-replica statistics, which the search never does: it "
+                             "exists to measure what the synchronisation costs per step.")
 _ARENAS = flags.DEFINE_integer("max_malloc_arenas", 1, "Cap on glibc malloc arenas, as the "
                                "train scripts set it (auto_deeplab_tf/allocator.py); 0 leaves "
                                "glibc's default. MALLOC_ARENA_MAX, when set, wins.",
@@ -85,11 +93,29 @@ def build_benchmark_step(num_batches: int) -> BenchmarkStep:
 
     from auto_deeplab_tf import search as search_lib
 
+    from auto_deeplab_tf import ops
+
+    if _BATCH.value % _REPLICAS.value:
+        raise app.UsageError(f"--batch_size={_BATCH.value} does not split among "
+                             f"--replicas={_REPLICAS.value}")
     if _DEVICE.value == "cpu":
         tf.config.set_visible_devices([], "GPU")
+        if _REPLICAS.value > 1:
+            cpu = tf.config.list_physical_devices("CPU")[0]
+            tf.config.set_logical_device_configuration(
+                cpu, [tf.config.LogicalDeviceConfiguration()] * _REPLICAS.value)
     if not _GRAPPLER.value:
         tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
-    strategy = tf.distribute.OneDeviceStrategy("/gpu:0" if _DEVICE.value == "gpu" else "/cpu:0")
+    kind = _DEVICE.value
+    if _REPLICAS.value > 1:
+        strategy = tf.distribute.MirroredStrategy(
+            [f"/{kind}:{i}" for i in range(_REPLICAS.value)])
+    else:
+        strategy = tf.distribute.OneDeviceStrategy(f"/{kind}:0")
+    if not _SYNC_BN.value:
+        # Benchmark only: every search BN then sees no replica context and keeps its
+        # replica's statistics (the loss is still normalised over the global batch).
+        ops.search_bn_context = lambda: None
     config = search_lib.SearchConfig(model_dir="/unused", filter_multiplier=_F.value,
                                      num_layers=_L.value, num_blocks=_B.value,
                                      batch_size=_BATCH.value, crop_size=_CROP.value,
@@ -117,6 +143,7 @@ def build_benchmark_step(num_batches: int) -> BenchmarkStep:
         "mixed_precision": _MIXED.value,
         "loop_uniform_layers": _LOOP.value, "recompute_layers": _RECOMPUTE.value,
         "partial_channels": _PARTIAL.value, "grappler": _GRAPPLER.value,
+        "replicas": _REPLICAS.value, "sync_bn": _SYNC_BN.value,
         "malloc_arenas": (_ARENAS.value if arenas_capped else
                           os.environ.get("MALLOC_ARENA_MAX") or "glibc default"),
     }
@@ -146,16 +173,10 @@ def main(argv):
         "min_step_s": round(float(np.min(times)), 4),
         "trace_and_first_step_s": round(first, 2),
         "trace_s": round(trace, 2),
-        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
+        "peak_rss_gb": measure.peak_rss_gb(),
+        "machine": measure.machine(),
+        "peak_gpu_memory_gb": measure.peak_gpu_memory_gb(_DEVICE.value),
     })
-    # None on the CPU: get_memory_info has no allocator statistics for it.
-    result["peak_gpu_memory_gb"] = None
-    if _DEVICE.value == "gpu":
-        import tensorflow as tf
-
-        info = tf.config.experimental.get_memory_info("GPU:0")
-        result["peak_gpu_memory_gb"] = round(info["peak"] / 2**30, 3)
     print(json.dumps(result))
 
 
