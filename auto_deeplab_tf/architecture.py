@@ -13,7 +13,7 @@ import json
 import os
 from typing import Any, Mapping, Sequence
 
-from auto_deeplab_tf import atomic_write
+from auto_deeplab_datasets import atomic_write
 from auto_deeplab_tf import common
 from auto_deeplab_tf import search_space
 

@@ -49,8 +49,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from auto_deeplab_datasets import atomic_write
 from auto_deeplab_tf import architecture as architecture_lib
-from auto_deeplab_tf import atomic_write
 from auto_deeplab_tf import common
 from auto_deeplab_tf.architecture import Architecture
 
@@ -475,7 +475,7 @@ def run_comparison(template, candidates: Sequence[Candidate], seeds: Sequence[in
     from auto_deeplab_tf import checkpointing
     from auto_deeplab_tf import evaluation
     from auto_deeplab_tf import retrain as retrain_lib
-    from datasets import input_pipeline, registry
+    from auto_deeplab_datasets import input_pipeline, registry
 
     seeds = _check_seeds(seeds)
     if not candidates:

@@ -110,7 +110,7 @@ def evaluate_split(predict_fn: Callable[[tf.Tensor], tf.Tensor], descriptor, dat
     """`predict_fn` (normalised images -> class ids) over a split of a registered dataset
     (`descriptor`, a `datasets.registry.DatasetDescriptor`): `summarize`'s keys plus dataset,
     split, num_images and confusion_matrix. `max_images` stops after that many images."""
-    from datasets import input_pipeline  # the data layer is optional for the library
+    from auto_deeplab_datasets import input_pipeline  # only evaluate_split reads TFRecords
 
     examples = input_pipeline.eval_dataset(descriptor, data_dir, split=split)
     if max_images:

@@ -4,8 +4,8 @@ Signatures:
 
 * `serving_default(images)`: uint8 images [N, H, W, 3] of any size -> {'semantic': int32
   [N, H, W]} (+ 'probabilities': float32 [N, H, W, num_classes] when exported with
-  `with_probabilities`). Normalisation to [-1, 1] (normalization.normalize_image, as in the
-  input pipelines) happens inside the graph.
+  `with_probabilities`). Normalisation to [-1, 1] (the data layer's
+  normalization.normalize_image, as in the input pipelines) happens inside the graph.
 * `serving_encoded(encoded_images)`: a batch [N] of PNG or JPEG bytes (all of one size; grey
   and RGBA images are converted to RGB) -> the same outputs.
 
@@ -35,9 +35,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from auto_deeplab_datasets.normalization import normalize_image
 from auto_deeplab_tf import checkpointing
 from auto_deeplab_tf import evaluation
-from auto_deeplab_tf.normalization import normalize_image
 
 METADATA_FILENAME = "metadata.json"
 # Any rank at binding time: a wrong rank or channel count must reach the in-graph checks

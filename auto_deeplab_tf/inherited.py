@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from auto_deeplab_tf import atomic_write
+from auto_deeplab_datasets import atomic_write
 from auto_deeplab_tf import search_space
 from auto_deeplab_tf.architecture import Architecture
 

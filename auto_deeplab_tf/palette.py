@@ -36,5 +36,6 @@ def colorize_tf(labels: tf.Tensor, palette: Sequence[Sequence[int]]) -> tf.Tenso
 
 
 def denormalize_image(image: tf.Tensor) -> tf.Tensor:
-    """uint8 image from one normalised to [-1, 1] (inverse of normalization.normalize_image)."""
+    """uint8 image from one normalised to [-1, 1] (inverse of the data layer's
+    normalization.normalize_image)."""
     return tf.cast(tf.clip_by_value(tf.round((image + 1.0) * 127.5), 0, 255), tf.uint8)

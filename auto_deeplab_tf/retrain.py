@@ -352,7 +352,7 @@ def run_retrain(config: RetrainConfig,
 
     if dataset_fn is None:
         def make(descriptor, data_dir):
-            from datasets import input_pipeline
+            from auto_deeplab_datasets import input_pipeline
 
             def dataset_fn(epoch):
                 return input_pipeline.retrain_dataset(

@@ -36,7 +36,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from auto_deeplab_tf import atomic_write
+from auto_deeplab_datasets import atomic_write
 from auto_deeplab_tf import checkpointing
 from auto_deeplab_tf import distribute
 from auto_deeplab_tf import precision
@@ -108,7 +108,7 @@ def registered_data(dataset: str, data_dir: str | None,
     ValueError(too_few_batches). The data layer is imported here only, so that tests can run
     the loops without it.
     """
-    from datasets import input_pipeline, registry
+    from auto_deeplab_datasets import input_pipeline, registry
 
     descriptor = registry.get(dataset)
     dataset_fn, steps = make(descriptor, input_pipeline.resolve_data_dir(dataset, data_dir))

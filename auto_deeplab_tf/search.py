@@ -409,7 +409,7 @@ def run_search(config: SearchConfig,
 
     if dataset_fn is None:
         def make(descriptor, data_dir):
-            from datasets import input_pipeline
+            from auto_deeplab_datasets import input_pipeline
 
             def dataset_fn(epoch):
                 return input_pipeline.search_datasets(

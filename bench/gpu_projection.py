@@ -379,7 +379,7 @@ def memory_bytes(costs: PassCosts, precision: str) -> dict[str, int]:
 
 def _settings() -> dict[str, Any]:
     from auto_deeplab_tf import search as search_lib
-    from datasets import registry
+    from auto_deeplab_datasets import registry
 
     defaults = search_lib.SearchConfig(model_dir="/unused")
     descriptor = registry.get(_FLAGS["dataset"].value)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import glob
 import os
 
-from datasets import conversion
-from datasets.registry import IGNORE_LABEL
+from . import conversion
+from .registry import IGNORE_LABEL
 
 NUM_CLASSES = 150
 SPLIT_DIRS = {"train": "training", "val": "validation"}

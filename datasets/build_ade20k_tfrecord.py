@@ -12,7 +12,7 @@ import functools
 
 from absl import app, flags
 
-from datasets import ade20k, cli, registry
+from . import ade20k, cli, registry
 
 flags.DEFINE_string("ade20k_root", None,
                     "ADEChallengeData2016 folder (images/, annotations/).", required=True)

@@ -15,7 +15,7 @@ import functools
 
 from absl import app, flags
 
-from datasets import cityscapes, cli, registry
+from . import cityscapes, cli, registry
 
 flags.DEFINE_string("cityscapes_root", None,
                     "Folder holding leftImg8bit/ and gtFine/ (for --source=files).")
@@ -40,7 +40,7 @@ def main(argv):
     else:
         if not FLAGS.tfds_manual_dir:
             raise app.UsageError("--tfds_manual_dir is required with --source=tfds")
-        from datasets import tfds_cityscapes  # optional source; TFDS is slow to import
+        from . import tfds_cityscapes  # optional source; TFDS is slow to import
         discover = functools.partial(tfds_cityscapes.discover, FLAGS.tfds_manual_dir,
                                      data_dir=FLAGS.tfds_data_dir)
     return cli.run(lambda: cli.convert_splits(

@@ -15,7 +15,7 @@ import functools
 
 from absl import app, flags
 
-from datasets import cli, registry, voc
+from . import cli, registry, voc
 
 flags.DEFINE_string("voc_root", None,
                     "VOC2012 folder (JPEGImages/, SegmentationClass/, ImageSets/).",

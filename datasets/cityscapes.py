@@ -11,8 +11,8 @@ from __future__ import annotations
 import glob
 import os
 
-from datasets import conversion
-from datasets.registry import CITYSCAPES_TRAIN_ID_TO_LABEL_ID, IGNORE_LABEL
+from . import conversion
+from .registry import CITYSCAPES_TRAIN_ID_TO_LABEL_ID, IGNORE_LABEL
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_IDS_SUFFIX = "_gtFine_labelIds.png"

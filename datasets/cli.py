@@ -7,9 +7,8 @@ from typing import Callable, Sequence
 
 from absl import flags
 
-from auto_deeplab_tf import script_hygiene
-from datasets import conversion
-from datasets.registry import DatasetDescriptor
+from . import conversion, script_hygiene
+from .registry import DatasetDescriptor
 
 Discover = Callable[[str], "tuple[list[conversion.Sample], list[str]]"]
 

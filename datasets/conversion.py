@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-from datasets import tfrecord_io
+from . import tfrecord_io
 
 # Image modes TensorFlow's decoders turn into RGB with channels=3.
 _IMAGE_MODES = ("RGB", "RGBA", "L", "LA", "P")

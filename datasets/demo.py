@@ -29,7 +29,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from datasets import cityscapes, cli, registry
+from . import cityscapes, cli, registry
 
 # Bump when the generator changes: the cache directory is versioned by it.
 DEMO_VERSION = 3

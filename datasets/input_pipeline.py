@@ -19,11 +19,9 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-from auto_deeplab_tf import atomic_write
-from auto_deeplab_tf import common
-from auto_deeplab_tf.normalization import normalize_image
-from datasets import registry, tfrecord_io
-from datasets.registry import DatasetDescriptor
+from . import atomic_write, keys, registry, tfrecord_io
+from .normalization import normalize_image
+from .registry import DatasetDescriptor
 
 AUTOTUNE = tf.data.AUTOTUNE
 # Fixed, not AUTOTUNE: the interleave's cycle length decides the record order.
@@ -87,7 +85,7 @@ def resolve_data_dir(dataset_name: str, data_dir: str | None) -> str:
         if data_dir and tfrecord_io.existing_shards(
                 data_dir, descriptor.train_split, descriptor.file_pattern):
             return data_dir
-        from datasets import demo  # imported lazily: pulls in scikit-learn
+        from . import demo  # imported lazily: pulls in scikit-learn
 
         return demo.ensure_demo_data(cache_dir=data_dir)
     if not data_dir:
@@ -124,7 +122,7 @@ def search_split(descriptor: DatasetDescriptor, data_dir: str, model_dir: str, s
       ValueError: the file was written for another dataset, split or seed, or names in it
         are no longer in the data.
     """
-    path = os.path.join(model_dir, common.SEARCH_SPLIT_FILENAME)
+    path = os.path.join(model_dir, keys.SEARCH_SPLIT_FILENAME)
     names = split_names(descriptor, data_dir, split)
     if tf.io.gfile.exists(path):
         with tf.io.gfile.GFile(path) as f:
@@ -180,10 +178,10 @@ def retrain_steps_per_epoch(descriptor: DatasetDescriptor, data_dir: str, batch_
 
 def _decode(features: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
     """(image uint8 [H, W, 3], label uint8 [H, W, 1]) from parsed features."""
-    image = tf.io.decode_image(features[common.KEY_IMAGE_ENCODED], channels=3,
+    image = tf.io.decode_image(features[keys.KEY_IMAGE_ENCODED], channels=3,
                                expand_animations=False)
     image.set_shape([None, None, 3])
-    label = tf.io.decode_png(features[common.KEY_LABEL_ENCODED], channels=1)
+    label = tf.io.decode_png(features[keys.KEY_LABEL_ENCODED], channels=1)
     label.set_shape([None, None, 1])
     return image, label
 
@@ -269,7 +267,7 @@ def _training_stream(
     if keep_names is not None:
         keep = tf.constant(sorted(keep_names), dtype=tf.string)
         dataset = dataset.filter(
-            lambda f: tf.reduce_any(tf.equal(f[common.KEY_IMAGE_FILENAME], keep)))
+            lambda f: tf.reduce_any(tf.equal(f[keys.KEY_IMAGE_FILENAME], keep)))
     dataset = dataset.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
 
     def prepare(index, features):
@@ -363,7 +361,7 @@ def eval_dataset(descriptor: DatasetDescriptor, data_dir: str, *, split: str = "
         image, label = _decode(features)
         return {"image": normalize_image(image),
                 "label": tf.cast(tf.squeeze(label, axis=-1), tf.int32),
-                "filename": features[common.KEY_IMAGE_FILENAME]}
+                "filename": features[keys.KEY_IMAGE_FILENAME]}
 
     dataset = tf.data.TFRecordDataset(files).map(tfrecord_io.parse_example)
     dataset = dataset.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)

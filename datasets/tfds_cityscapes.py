@@ -23,7 +23,7 @@ import struct
 import sys
 from typing import Callable, Iterator, TextIO
 
-from datasets import cityscapes, conversion
+from . import cityscapes, conversion
 
 BUILDER_NAME = "cityscapes/semantic_segmentation"
 ZIP_FILES = ("leftImg8bit_trainvaltest.zip", "gtFine_trainvaltest.zip")

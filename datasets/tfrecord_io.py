@@ -1,6 +1,6 @@
 """DeepLab-compatible TFRecord examples and sharded writing that never leaves partial shards.
 
-Examples use the DeepLab feature keys (auto_deeplab_tf.common), so shards written by
+Examples use the DeepLab feature keys (keys.py), so shards written by
 tensorflow/models research/deeplab or deeplab2 can be read here and the other way round.
 """
 
@@ -12,9 +12,7 @@ from typing import Iterable, Sequence
 
 import tensorflow as tf
 
-from auto_deeplab_tf import atomic_write
-from auto_deeplab_tf import common
-from auto_deeplab_tf import script_hygiene
+from . import atomic_write, keys, script_hygiene
 
 # Beside the shards, the converters list each split's example names in record order, so the
 # search's A/B split does not have to scan gigabytes of records just to learn the names.
@@ -41,14 +39,14 @@ def make_example(
 ) -> tf.train.Example:
     """Builds one DeepLab-style example: encoded image, encoded PNG label, name and size."""
     feature = {
-        common.KEY_IMAGE_ENCODED: _bytes_feature(image_bytes),
-        common.KEY_IMAGE_FILENAME: _bytes_feature(filename.encode("utf-8")),
-        common.KEY_IMAGE_FORMAT: _bytes_feature(image_format.encode("utf-8")),
-        common.KEY_IMAGE_HEIGHT: _int64_feature(height),
-        common.KEY_IMAGE_WIDTH: _int64_feature(width),
-        common.KEY_IMAGE_CHANNELS: _int64_feature(channels),
-        common.KEY_LABEL_ENCODED: _bytes_feature(label_bytes),
-        common.KEY_LABEL_FORMAT: _bytes_feature(b"png"),
+        keys.KEY_IMAGE_ENCODED: _bytes_feature(image_bytes),
+        keys.KEY_IMAGE_FILENAME: _bytes_feature(filename.encode("utf-8")),
+        keys.KEY_IMAGE_FORMAT: _bytes_feature(image_format.encode("utf-8")),
+        keys.KEY_IMAGE_HEIGHT: _int64_feature(height),
+        keys.KEY_IMAGE_WIDTH: _int64_feature(width),
+        keys.KEY_IMAGE_CHANNELS: _int64_feature(channels),
+        keys.KEY_LABEL_ENCODED: _bytes_feature(label_bytes),
+        keys.KEY_LABEL_FORMAT: _bytes_feature(b"png"),
     }
     return tf.train.Example(features=tf.train.Features(feature=feature))
 
@@ -56,14 +54,14 @@ def make_example(
 # Only the encoded bytes are required: DeepLab-written files may omit or disagree on the rest,
 # and the decoders recover the true size anyway.
 _FEATURE_SPEC = {
-    common.KEY_IMAGE_ENCODED: tf.io.FixedLenFeature((), tf.string),
-    common.KEY_IMAGE_FILENAME: tf.io.FixedLenFeature((), tf.string, default_value=""),
-    common.KEY_IMAGE_FORMAT: tf.io.FixedLenFeature((), tf.string, default_value="png"),
-    common.KEY_IMAGE_HEIGHT: tf.io.FixedLenFeature((), tf.int64, default_value=0),
-    common.KEY_IMAGE_WIDTH: tf.io.FixedLenFeature((), tf.int64, default_value=0),
-    common.KEY_IMAGE_CHANNELS: tf.io.FixedLenFeature((), tf.int64, default_value=3),
-    common.KEY_LABEL_ENCODED: tf.io.FixedLenFeature((), tf.string, default_value=""),
-    common.KEY_LABEL_FORMAT: tf.io.FixedLenFeature((), tf.string, default_value="png"),
+    keys.KEY_IMAGE_ENCODED: tf.io.FixedLenFeature((), tf.string),
+    keys.KEY_IMAGE_FILENAME: tf.io.FixedLenFeature((), tf.string, default_value=""),
+    keys.KEY_IMAGE_FORMAT: tf.io.FixedLenFeature((), tf.string, default_value="png"),
+    keys.KEY_IMAGE_HEIGHT: tf.io.FixedLenFeature((), tf.int64, default_value=0),
+    keys.KEY_IMAGE_WIDTH: tf.io.FixedLenFeature((), tf.int64, default_value=0),
+    keys.KEY_IMAGE_CHANNELS: tf.io.FixedLenFeature((), tf.int64, default_value=3),
+    keys.KEY_LABEL_ENCODED: tf.io.FixedLenFeature((), tf.string, default_value=""),
+    keys.KEY_LABEL_FORMAT: tf.io.FixedLenFeature((), tf.string, default_value="png"),
 }
 
 
@@ -74,14 +72,14 @@ def parse_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
 
 def parse_filename(serialized: tf.Tensor) -> tf.Tensor:
     """Parses only the example name, cheaply, e.g. to filter records by name."""
-    spec = {common.KEY_IMAGE_FILENAME: _FEATURE_SPEC[common.KEY_IMAGE_FILENAME]}
-    return tf.io.parse_single_example(serialized, spec)[common.KEY_IMAGE_FILENAME]
+    spec = {keys.KEY_IMAGE_FILENAME: _FEATURE_SPEC[keys.KEY_IMAGE_FILENAME]}
+    return tf.io.parse_single_example(serialized, spec)[keys.KEY_IMAGE_FILENAME]
 
 
 def shard_paths(output_dir: str, split: str, num_shards: int) -> list[str]:
     """The final paths of `split`'s shards, named '{split}-%05d-of-%05d.tfrecord'."""
     return [
-        os.path.join(output_dir, common.SHARD_PATTERN.format(
+        os.path.join(output_dir, keys.SHARD_PATTERN.format(
             split=split, index=index, num_shards=num_shards))
         for index in range(num_shards)
     ]

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import os
 
-from datasets import conversion
-from datasets.registry import IGNORE_LABEL
+from . import conversion
+from .registry import IGNORE_LABEL
 
 NUM_CLASSES = 21
 AUG_SPLIT = "train_aug"

@@ -22,7 +22,7 @@ echo "== 4/5 exporting a SavedModel -> $RETRAIN/export"
 python -m train.export --model_dir="$RETRAIN"
 
 # (import train first: it imports TensorFlow without its start-up lines, as every script does)
-DEMO_IMAGES="$(python -c 'import os, train; from datasets import demo; print(os.path.join(os.path.dirname(demo.ensure_demo_data()), "cityscapes", "leftImg8bit", "val", "demo"))')"
+DEMO_IMAGES="$(python -c 'import os, train; from auto_deeplab_datasets import demo; print(os.path.join(os.path.dirname(demo.ensure_demo_data()), "cityscapes", "leftImg8bit", "val", "demo"))')"
 echo "== 5/5 predicting 4 demo val images -> $RUN/predictions"
 python -m train.predict --export_dir="$RETRAIN/export" \
   --images="$DEMO_IMAGES/demo_000001_00000[0-3]_leftImg8bit.png" --output_dir="$RUN/predictions"

@@ -3,7 +3,7 @@ import json
 import pytest
 import tensorflow as tf
 
-from auto_deeplab_tf import atomic_write
+from auto_deeplab_datasets import atomic_write
 
 
 @pytest.mark.parametrize("root", ["local", "ram://atomic_write_test"])

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from auto_deeplab_tf import common
-from datasets import cityscapes, cli, conversion, registry, tfrecord_io
+from auto_deeplab_datasets import cityscapes, cli, conversion, keys, registry, tfrecord_io
 from tests import data_helpers as h
 
 # SPEC section 6, written out independently of the code under test.
@@ -57,7 +56,7 @@ def test_every_label_id_is_remapped_in_the_written_record(tmp_path):
     h.write_png(paths["labelIds"], label)
     convert(root, out)
     (record,) = records(out, "train")
-    written = decode_png(record[common.KEY_LABEL_ENCODED])
+    written = decode_png(record[keys.KEY_LABEL_ENCODED])
     expected = [SPEC_LABEL_TO_TRAIN.get(int(i), 255) for i in ids]
     assert written.tolist() == [expected, expected]
 
@@ -70,19 +69,19 @@ def test_round_trip_bytes_shapes_and_names(tmp_path):
     assert [os.path.basename(p) for p in results[0].shards] == [
         "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"]
     for split in ("train", "val"):
-        by_name = {r[common.KEY_IMAGE_FILENAME].decode(): r for r in records(out, split)}
+        by_name = {r[keys.KEY_IMAGE_FILENAME].decode(): r for r in records(out, split)}
         assert sorted(by_name) == sorted(e["name"] for e in tree[split])
         assert tfrecord_io.read_filenames_index(out, split) is not None
         for entry in tree[split]:
             record = by_name[entry["name"]]
             with open(entry["image"], "rb") as f:
-                assert record[common.KEY_IMAGE_ENCODED] == f.read()  # image bytes kept as is
-            assert record[common.KEY_IMAGE_FORMAT] == b"png"
-            assert record[common.KEY_LABEL_FORMAT] == b"png"
-            assert (record[common.KEY_IMAGE_HEIGHT], record[common.KEY_IMAGE_WIDTH]) == (8, 12)
-            assert record[common.KEY_IMAGE_CHANNELS] == 3
+                assert record[keys.KEY_IMAGE_ENCODED] == f.read()  # image bytes kept as is
+            assert record[keys.KEY_IMAGE_FORMAT] == b"png"
+            assert record[keys.KEY_LABEL_FORMAT] == b"png"
+            assert (record[keys.KEY_IMAGE_HEIGHT], record[keys.KEY_IMAGE_WIDTH]) == (8, 12)
+            assert record[keys.KEY_IMAGE_CHANNELS] == 3
             lut = np.array([SPEC_LABEL_TO_TRAIN.get(i, 255) for i in range(256)], np.uint8)
-            np.testing.assert_array_equal(decode_png(record[common.KEY_LABEL_ENCODED]),
+            np.testing.assert_array_equal(decode_png(record[keys.KEY_LABEL_ENCODED]),
                                           lut[entry["label_array"]])
 
 
@@ -92,10 +91,10 @@ def test_train_ids_files_are_preferred_and_kept(tmp_path):
     # A labelIds file beside it must be ignored in favour of the trainIds one.
     h.write_png(tree["train"][0]["labelIds"], np.full((8, 12), 7, np.uint8))
     convert(root, out)
-    by_name = {r[common.KEY_IMAGE_FILENAME].decode(): r for r in records(out, "train")}
+    by_name = {r[keys.KEY_IMAGE_FILENAME].decode(): r for r in records(out, "train")}
     for entry in tree["train"]:
         np.testing.assert_array_equal(
-            decode_png(by_name[entry["name"]][common.KEY_LABEL_ENCODED]), entry["label_array"])
+            decode_png(by_name[entry["name"]][keys.KEY_LABEL_ENCODED]), entry["label_array"])
 
 
 def test_shards_from_an_earlier_run_with_more_shards_are_removed(tmp_path):
@@ -262,7 +261,7 @@ def test_skip_bad_converts_the_rest_and_lists_what_was_skipped(tmp_path):
         f"{entries[0]['image']}: image has no label (expected {entries[0]['labelIds']})",
         f"{entries[3]['image']}: cannot decode image (corrupt or truncated file)",
     ]
-    names = sorted(r[common.KEY_IMAGE_FILENAME].decode() for r in records(out, "train"))
+    names = sorted(r[keys.KEY_IMAGE_FILENAME].decode() for r in records(out, "train"))
     assert names == [entries[1]["name"], entries[2]["name"]]
     text = stream.getvalue()
     assert "skipped 2 bad input(s)" in text and result.skipped[1] in text

@@ -9,7 +9,7 @@ import pytest
 from scipy import ndimage
 from sklearn.linear_model import LogisticRegression
 
-from datasets import demo, input_pipeline, registry, tfrecord_io
+from auto_deeplab_datasets import demo, input_pipeline, registry, tfrecord_io
 
 
 def _tree_bytes(root):

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from auto_deeplab_tf import common
-from datasets import cityscapes, cli, input_pipeline as ip, registry
+from auto_deeplab_datasets import cityscapes, cli, input_pipeline as ip, keys, registry
 from tests import data_helpers as h
 
 DESCRIPTOR = registry.get("cityscapes")
@@ -59,7 +58,7 @@ def test_search_split_is_disjoint_covering_and_stable(data, tmp_path):
     assert not set(a) & set(b)
     assert sorted(a + b) == names
     assert (len(a), len(b)) == (5, 4)
-    split_file = tmp_path / "run1" / common.SEARCH_SPLIT_FILENAME
+    split_file = tmp_path / "run1" / keys.SEARCH_SPLIT_FILENAME
     saved = json.loads(split_file.read_text())
     assert (saved["train_a"], saved["train_b"], saved["seed"]) == (a, b, 7)
     # Resume: read back from the file; a second run with the same seed draws the same halves.
@@ -182,11 +181,11 @@ def test_reads_deeplab_written_shards_without_index(data, tmp_path):
     with tf.io.TFRecordWriter(os.path.join(out, "train-00000-of-00001.tfrecord")) as writer:
         for i in range(4):
             feature = {
-                common.KEY_IMAGE_ENCODED: tf.train.Feature(bytes_list=tf.train.BytesList(
+                keys.KEY_IMAGE_ENCODED: tf.train.Feature(bytes_list=tf.train.BytesList(
                     value=[h.png_bytes(np.full((6, 7, 3), 10 * i, np.uint8))])),
-                common.KEY_IMAGE_FILENAME: tf.train.Feature(
+                keys.KEY_IMAGE_FILENAME: tf.train.Feature(
                     bytes_list=tf.train.BytesList(value=[f"img{i}".encode()])),
-                common.KEY_LABEL_ENCODED: tf.train.Feature(bytes_list=tf.train.BytesList(
+                keys.KEY_LABEL_ENCODED: tf.train.Feature(bytes_list=tf.train.BytesList(
                     value=[h.png_bytes(np.full((6, 7), i, np.uint8))])),
             }
             writer.write(tf.train.Example(
@@ -215,7 +214,7 @@ _DISTRIBUTED = r"""
 import sys, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from datasets import input_pipeline as ip, registry
+from auto_deeplab_datasets import input_pipeline as ip, registry
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 d = registry.get("cityscapes")
 ds = ip.search_datasets(d, sys.argv[1], sys.argv[2], batch_size=4, crop_size=8, scale=1.0)

@@ -22,7 +22,7 @@ import pytest
 import tensorflow as tf
 
 from auto_deeplab_tf import distribute
-from datasets import input_pipeline
+from auto_deeplab_datasets import input_pipeline
 from tests import segmentation_helpers as sh
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

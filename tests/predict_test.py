@@ -9,7 +9,7 @@ from PIL import Image
 from auto_deeplab_tf import export as export_lib
 from auto_deeplab_tf import palette as palette_lib
 from auto_deeplab_tf import trained_model
-from datasets import registry
+from auto_deeplab_datasets import registry
 from tests import data_helpers as h
 from tests import segmentation_helpers as sh
 from train import predict as predict_script

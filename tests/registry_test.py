@@ -2,7 +2,7 @@
 
 import pytest
 
-from datasets import registry
+from auto_deeplab_datasets import registry
 
 
 def test_known_datasets():

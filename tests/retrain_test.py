@@ -185,7 +185,7 @@ def test_architecture_errors_name_the_path_once(tmp_path):
 
 
 def test_missing_data_dir_points_to_a_readme_section_that_exists(tmp_path):
-    from datasets import input_pipeline
+    from auto_deeplab_datasets import input_pipeline
 
     with pytest.raises(ValueError) as e:
         input_pipeline.resolve_data_dir("cityscapes", None)

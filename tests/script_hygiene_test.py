@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from auto_deeplab_tf import script_hygiene
+from auto_deeplab_datasets import script_hygiene
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -37,7 +37,7 @@ def blocky_image(rng, height, width, block=8):
 def make_tiny_cityscapes(base: str, num_train: int = 6, num_val: int = 3,
                          size=(40, 48)) -> str:
     """Converts a tiny Cityscapes-layout tree (labelTrainIds) to TFRecords; returns their dir."""
-    from datasets import cityscapes, cli, registry
+    from auto_deeplab_datasets import cityscapes, cli, registry
 
     root, out = os.path.join(base, "cs"), os.path.join(base, "tfrecord")
     rng = np.random.default_rng(0)

@@ -16,8 +16,8 @@ import pytest
 pytest.importorskip("importlib_resources", reason="tfds 4.9.10 on Python 3.11 needs it")
 pytest.importorskip("tensorflow_datasets")
 
-from auto_deeplab_tf import common  # noqa: E402
-from datasets import cityscapes, cli, conversion, registry, tfds_cityscapes, tfrecord_io  # noqa: E402
+from auto_deeplab_datasets import (  # noqa: E402
+    cityscapes, cli, conversion, keys, registry, tfds_cityscapes, tfrecord_io)
 from tests import data_helpers as h  # noqa: E402
 from tests.converter_scripts_test import run_module  # noqa: E402
 
@@ -58,7 +58,7 @@ def _records(out, split):
 
 
 def _names(records):
-    return [r[common.KEY_IMAGE_FILENAME].decode() for r in records]
+    return [r[keys.KEY_IMAGE_FILENAME].decode() for r in records]
 
 
 def _assert_same_records(records_a, records_b):

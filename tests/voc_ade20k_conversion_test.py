@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from auto_deeplab_tf import common
-from datasets import ade20k, cli, conversion, registry, tfrecord_io, voc
+from auto_deeplab_datasets import ade20k, cli, conversion, keys, registry, tfrecord_io, voc
 from tests import data_helpers as h
 
 
@@ -20,7 +19,7 @@ def decode_png(data: bytes) -> np.ndarray:
 
 
 def by_name(out, split):
-    return {r[common.KEY_IMAGE_FILENAME].decode(): r
+    return {r[keys.KEY_IMAGE_FILENAME].decode(): r
             for r in tfrecord_io.iterate_examples(tfrecord_io.existing_shards(out, split))}
 
 
@@ -58,11 +57,11 @@ def test_voc_round_trip_palette_labels_and_jpeg_bytes(tmp_path):
     assert sorted(records) == sorted(labels)
     for name, label in labels.items():
         record = records[name]
-        assert record[common.KEY_IMAGE_FORMAT] == b"jpeg"
+        assert record[keys.KEY_IMAGE_FORMAT] == b"jpeg"
         with open(os.path.join(root, "JPEGImages", f"{name}.jpg"), "rb") as f:
-            assert record[common.KEY_IMAGE_ENCODED] == f.read()
+            assert record[keys.KEY_IMAGE_ENCODED] == f.read()
         # The palette index is the class: written back as a plain greyscale PNG.
-        written = Image.open(io.BytesIO(record[common.KEY_LABEL_ENCODED]))
+        written = Image.open(io.BytesIO(record[keys.KEY_LABEL_ENCODED]))
         assert written.mode == "L"
         np.testing.assert_array_equal(np.asarray(written), label)
 
@@ -80,7 +79,7 @@ def test_voc_train_aug_reads_the_aug_folder_and_list(tmp_path):
     (result,) = convert_voc(root, out, ["train_aug"], aug_label_dir=aug_dir, aug_list=aug_list)
     assert result.count == 2
     records = by_name(out, "train_aug")
-    assert decode_png(records["b"][common.KEY_LABEL_ENCODED]).tolist() == [[20] * 6] * 4
+    assert decode_png(records["b"][keys.KEY_LABEL_ENCODED]).tolist() == [[20] * 6] * 4
 
 
 def test_voc_bad_inputs(tmp_path):
@@ -144,7 +143,7 @@ def test_ade20k_shifts_classes_and_ignores_other(tmp_path):
     assert [(r.split, r.count) for r in results] == [("train", 2), ("val", 1)]
     records = {**by_name(out, "train"), **by_name(out, "val")}
     for name, raw in {**train, **val}.items():
-        written = decode_png(records[name][common.KEY_LABEL_ENCODED])
+        written = decode_png(records[name][keys.KEY_LABEL_ENCODED])
         expected = np.where(raw == 0, 255, raw.astype(np.int32) - 1)
         np.testing.assert_array_equal(written, expected)
         assert written[0, :3].tolist() == [255, 0, 149]

@@ -4,6 +4,6 @@ Every script imports this package first, so TensorFlow is imported here, once, w
 C++ start-up lines (script_hygiene.import_tensorflow_quietly).
 """
 
-from auto_deeplab_tf import script_hygiene
+from auto_deeplab_datasets import script_hygiene
 
 script_hygiene.import_tensorflow_quietly()

@@ -9,9 +9,9 @@ from typing import Callable, NoReturn
 from absl import app
 from absl import flags
 
+from auto_deeplab_datasets import script_hygiene
 from auto_deeplab_tf import distribute
 from auto_deeplab_tf import precision
-from auto_deeplab_tf import script_hygiene
 
 
 # The exit status for a command line with positional arguments (a usage error, as argparse's).

@@ -48,11 +48,11 @@ _INTERVAL = flags.DEFINE_float("eval_interval_secs", 10.0, "With --continuous: l
 def run(log=print) -> int:
     import tensorflow as tf
 
-    from auto_deeplab_tf import atomic_write
+    from auto_deeplab_datasets import atomic_write
     from auto_deeplab_tf import evaluation
     from auto_deeplab_tf import checkpointing
     from auto_deeplab_tf import trained_model
-    from datasets import input_pipeline, registry
+    from auto_deeplab_datasets import input_pipeline, registry
 
     if not _MODEL_DIR.value:
         raise ValueError("--model_dir is required (the --model_dir of a train.retrain run)")

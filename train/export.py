@@ -41,7 +41,7 @@ def run(log=print) -> int:
     from auto_deeplab_tf import export as export_lib
     from auto_deeplab_tf import checkpointing
     from auto_deeplab_tf import trained_model
-    from datasets import registry
+    from auto_deeplab_datasets import registry
 
     if not _MODEL_DIR.value:
         raise ValueError("--model_dir is required (the --model_dir of a train.retrain run)")

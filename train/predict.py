@@ -80,7 +80,7 @@ def run(log=print) -> int:
 
     from auto_deeplab_tf import export as export_lib
     from auto_deeplab_tf import palette as palette_lib
-    from auto_deeplab_tf import script_hygiene
+    from auto_deeplab_datasets import script_hygiene
 
     for flag in (_EXPORT_DIR, _IMAGES, _OUTPUT_DIR):
         if not flag.value:
@@ -97,7 +97,7 @@ def run(log=print) -> int:
         if not dataset:
             raise ValueError(f"--export_dir={_EXPORT_DIR.value} has no metadata naming its "
                              "dataset; pass --dataset")
-        from datasets import registry
+        from auto_deeplab_datasets import registry
 
         descriptor = registry.get(dataset)
         palette = descriptor.palette

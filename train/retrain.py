@@ -19,8 +19,8 @@ import sys
 import tensorflow as tf
 from absl import flags
 
+from auto_deeplab_datasets import script_hygiene
 from auto_deeplab_tf import allocator
-from auto_deeplab_tf import script_hygiene
 from auto_deeplab_tf import retrain as retrain_lib
 from auto_deeplab_tf.fixed_network import MODEL_SIZES
 from train import cli

@@ -17,8 +17,8 @@ import tensorflow as tf
 from absl import app
 from absl import flags
 
+from auto_deeplab_datasets import script_hygiene
 from auto_deeplab_tf import allocator
-from auto_deeplab_tf import script_hygiene
 from auto_deeplab_tf import search as search_lib
 from train import cli
 
@@ -110,7 +110,7 @@ def config_from_flags() -> search_lib.SearchConfig:
         "weight_decay", "arch_lr", "arch_weight_decay", "seed", "steps_per_epoch",
         "checkpoint_every_steps", "log_every_steps", "max_steps", "deterministic",
         "jit_compile", "mixed_precision") + cli.DISTRIBUTE_FLAGS}
-    from datasets import registry  # imported late: --help must not need the data layer
+    from auto_deeplab_datasets import registry  # imported late: --help must not need the data layer
 
     try:
         descriptor = registry.get(_DATASET.value)

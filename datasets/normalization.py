@@ -1,8 +1,8 @@
 """Pixel normalisation of the network's input, in one place: the tf.data pipelines
-(`datasets.input_pipeline`) and the exported SavedModel (`export`) must agree on it bit for
-bit, or a served model sees other inputs than it was trained on.
+(`input_pipeline`) and the exported SavedModel (`auto_deeplab_tf.export`) must agree on it bit
+for bit, or a served model sees other inputs than it was trained on.
 
-The inverse, for TensorBoard images, is `palette.denormalize_image`.
+The inverse, for TensorBoard images, is `auto_deeplab_tf.palette.denormalize_image`.
 """
 
 from __future__ import annotations

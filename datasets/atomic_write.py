@@ -12,8 +12,9 @@ import json
 import os
 from typing import Any
 
-# TensorFlow is imported inside the functions: light modules (architecture.py) use this one,
-# and the train/ scripts import TensorFlow only after the allocator cap (allocator.py).
+# TensorFlow is imported inside the functions: light modules (auto_deeplab_tf/architecture.py)
+# use this one, and the train/ scripts import TensorFlow only after the allocator cap
+# (auto_deeplab_tf/allocator.py).
 
 
 def write_text(path: str, text: str) -> None:
