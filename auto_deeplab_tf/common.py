@@ -18,5 +18,11 @@ ARCH_SAMPLE_INDEX = "index"
 ORIGIN_SEARCH = "search"
 ORIGIN_RANDOM = "random"
 
+# TensorBoard folders under --model_dir, as deeplab2 lays them out: the training loop
+# (search and retraining) writes to train/, evaluation to eval/, so that
+# `tensorboard --logdir MODEL_DIR` shows the two as runs side by side.
+TRAIN_SUMMARY_SUBDIR = "train"
+EVAL_SUMMARY_SUBDIR = "eval"
+
 # Files a run writes under --model_dir.
 ARCHITECTURE_FILENAME = "architecture.json"

@@ -585,7 +585,7 @@ def run_comparison(template, candidates: Sequence[Candidate], seeds: Sequence[in
                     evaluated.update(eval_scales=[1.0], add_flipped_images=False,
                                      checkpoint=result.checkpoint, global_step=step)
                     atomic_write.write_json(eval_path, evaluated)
-                    evaluation.write_summaries(os.path.join(run_dir, evaluation.EVAL_SUBDIR),
+                    evaluation.write_summaries(os.path.join(run_dir, common.EVAL_SUMMARY_SUBDIR),
                                                step, evaluated, split)
                 log(f"{prefix} {split} mIoU {100 * evaluated['miou']:.2f}%")
             del result

@@ -18,8 +18,6 @@ import tensorflow as tf
 
 from auto_deeplab_tf import metrics as metrics_lib
 
-EVAL_SUBDIR = "eval"
-
 
 def parse_eval_scales(values: Sequence[str]) -> list[float]:
     """The --eval_scales flag's strings as positive floats (train.evaluate, train.export).

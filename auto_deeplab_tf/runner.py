@@ -38,6 +38,7 @@ import tensorflow as tf
 
 from auto_deeplab_datasets import atomic_write
 from auto_deeplab_tf import checkpointing
+from auto_deeplab_tf import common
 from auto_deeplab_tf import distribute
 from auto_deeplab_tf import precision
 from auto_deeplab_tf import progress
@@ -387,7 +388,9 @@ class Controller:
     def _run(self) -> LoopResult:
         s, position, trainer = self.settings, self.position, self.trainer
         self._restore()
-        writer = summaries.SummaryWriter(s.model_dir if self.runtime.is_chief else None)
+        writer = summaries.SummaryWriter(
+            os.path.join(s.model_dir, common.TRAIN_SUMMARY_SUBDIR) if self.runtime.is_chief
+            else None)
         trainer.train_begin(writer)
         self.meter = progress.ProgressMeter(self.stop_at, s.log_every_steps,
                                             done=position.global_step)

@@ -175,7 +175,7 @@ def test_two_workers_agree_match_one_process_and_only_the_chief_writes(tmp_path,
     assert latest_step(model_dir / "checkpoints") == 2
     assert (model_dir / "architecture.json").exists()
     assert os.listdir(model_dir / "architectures") == ["epoch_001.json"]
-    assert len([f for f in os.listdir(model_dir) if f.startswith("events.out")]) == 1
+    assert len([f for f in os.listdir(model_dir / "train") if f.startswith("events.out")]) == 1
     assert not [f for f in os.listdir(model_dir / "checkpoints") if "worker" in f]
     assert not [f for f in os.listdir(cluster.tmpdir(1)) if f.startswith("search_worker")]
 
@@ -342,14 +342,13 @@ def test_two_workers_retrain_resume_from_the_chief_match_one_process_only_the_ch
 
     # Only the chief wrote MODEL_DIR (one event file a run); the other worker's temporary
     # checkpoints are gone.
-    events = [f for f in os.listdir(model_dir) if f.startswith("events.out")]
+    events = [f for f in os.listdir(model_dir / "train") if f.startswith("events.out")]
     assert len(events) == 2
     tags = {value.tag for name in events
-            for event in tf.compat.v1.train.summary_iterator(str(model_dir / name))
+            for event in tf.compat.v1.train.summary_iterator(str(model_dir / "train" / name))
             for value in event.summary.value}
     assert {"train/loss", "train/image", "train/prediction"} <= tags
-    assert sorted(os.listdir(model_dir)) == sorted(["checkpoints", "retrain_config.json",
-                                                    *events])
+    assert sorted(os.listdir(model_dir)) == ["checkpoints", "retrain_config.json", "train"]
     assert sorted(f for f in os.listdir(checkpoints) if f.endswith(".index")) == [
         "ckpt-2.index", "ckpt-4.index"]
     assert not [f for f in os.listdir(cluster.tmpdir(1)) if f.startswith("retrain_worker")]

@@ -38,7 +38,7 @@ def test_checkpoint_resume_and_tensorboard(data_dir, tmp_path):
     assert _saved_step(model_dir) == 3
     assert any("stopped at step 3 of 4" in line for line in logs)
     assert os.path.exists(model_dir / "retrain_config.json")
-    tags = _event_tags(str(model_dir))
+    tags = _event_tags(str(model_dir / "train"))
     assert {"train/loss", "train/learning_rate", "train/image", "train/ground_truth",
             "train/prediction"} <= tags
 

@@ -145,10 +145,12 @@ def test_search_writes_architectures_checkpoints_and_tensorboard(full_run):
             f"{meta['uniform_path_probability']:.3g} under a uniform beta; unchanged over the "
             f"last {3 - path_since} of 2 epochs: the path; the whole architecture (cell "
             f"included): the last {3 - since}") in logs
-    events = [f for f in os.listdir(tmp_path) if f.startswith("events.out.tfevents")]
+    # deeplab2's layout: the training loop's summaries in MODEL_DIR/train, none at the top.
+    assert not [f for f in os.listdir(tmp_path) if f.startswith("events.out")]
+    events = [f for f in os.listdir(tmp_path / "train") if f.startswith("events.out.tfevents")]
     assert events
     steps_of = {}
-    for event in tf.compat.v1.train.summary_iterator(str(tmp_path / events[0])):
+    for event in tf.compat.v1.train.summary_iterator(str(tmp_path / "train" / events[0])):
         for value in event.summary.value:
             steps_of.setdefault(value.tag, set()).add(event.step)
     assert {"train/loss_a", "epoch/miou_a", "epoch/miou_b", "architecture/softmax_alpha",

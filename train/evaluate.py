@@ -49,6 +49,7 @@ def run(log=print) -> int:
     import tensorflow as tf
 
     from auto_deeplab_datasets import atomic_write
+    from auto_deeplab_tf import common
     from auto_deeplab_tf import evaluation
     from auto_deeplab_tf import checkpointing
     from auto_deeplab_tf import trained_model
@@ -85,7 +86,7 @@ def run(log=print) -> int:
                       checkpoint=checkpoint_path, global_step=step)
         log(evaluation.format_table(result))
         atomic_write.write_json(output_json, result)
-        evaluation.write_summaries(os.path.join(model_dir, evaluation.EVAL_SUBDIR), step,
+        evaluation.write_summaries(os.path.join(model_dir, common.EVAL_SUMMARY_SUBDIR), step,
                                    result, split)
         log(f"{count} images in {time.perf_counter() - start:.1f} s; mIoU "
             f"{100 * result['miou']:.2f}%; wrote {output_json}")
