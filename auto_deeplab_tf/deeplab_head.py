@@ -82,7 +82,8 @@ class ASPP(keras.layers.Layer):
         self.atrous = [ConvBNReLU(self.filters, 3, rate=r, name=f"atrous_rate{r}", **kw)
                        for r in self.rates]
         self.projection = ConvBNReLU(self.filters, 1, name="projection", **kw)
-        self.dropout = keras.layers.Dropout(self.dropout_rate, name="dropout", dtype=self.dtype_policy)
+        self.dropout = keras.layers.Dropout(self.dropout_rate, name="dropout",
+                                            dtype=self.dtype_policy)
 
     def call(self, x, training=None):
         size = spatial_size(x)
