@@ -107,6 +107,10 @@ def build_benchmark_step(num_batches: int) -> BenchmarkStep:
     if not _GRAPPLER.value:
         tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
     kind = _DEVICE.value
+    gpus = len(tf.config.list_physical_devices("GPU")) if kind == "gpu" else None
+    if gpus is not None and gpus < _REPLICAS.value:
+        raise app.UsageError(f"--replicas={_REPLICAS.value} with --device=gpu needs that many "
+                             f"GPUs; {gpus} visible")
     if _REPLICAS.value > 1:
         strategy = tf.distribute.MirroredStrategy(
             [f"/{kind}:{i}" for i in range(_REPLICAS.value)])
