@@ -81,9 +81,10 @@ class AutoDeepLab(keras.Model):
         and dropout (0.1, i.e. keep 0.9).
       low_level_filters, decoder_filters: decoder widths (48 and 256).
       drop_path_keep_prob: p of scheduled drop path; 1.0 turns it off. The ramp is driven by
-        the `drop_path_progress` variable (0 = start of training, 1 = end), set with
-        `set_drop_path_progress`, or by passing `drop_path_progress=` to call (as
-        retraining does). Drop path only acts with training=True.
+        the `drop_path_progress` variable (0 = start of training, 1 = end), which the
+        retraining step sets each step and the checkpoint keeps (`set_drop_path_progress`
+        sets it by hand); passing `drop_path_progress=` to call overrides it for that call.
+        Drop path only acts with training=True.
       bn_momentum: decay of every BN's moving statistics (the official network's 0.9997;
         short runs need a faster one, see `train.retrain --bn_momentum`).
       dtype: a Keras dtype policy, passed down to every layer (`precision.dtype_policy`):
@@ -138,9 +139,11 @@ class AutoDeepLab(keras.Model):
                          name="aspp", **kw)
         self.decoder = Decoder(self.num_classes, self.low_level_filters, self.decoder_filters,
                                name="decoder", **kw)
+        # Set inside the replicated training step (every replica computes the same value,
+        # so the first one's write stands for all); checkpointed with the model.
         self.drop_path_progress = self.add_weight(
             name="drop_path_progress", shape=(), initializer="zeros", trainable=False,
-            autocast=False)
+            autocast=False, aggregation="only_first_replica")
 
     def set_drop_path_progress(self, progress: float) -> None:
         """Sets the fraction of training done (0..1) that ramps drop path in."""

@@ -214,8 +214,9 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
     def replica_step(images, labels):
         progress = tf.minimum(1.0, tf.cast(optimizer.iterations, tf.float32) / train_steps)
         num_valid = losses_lib.global_count_valid(labels, ignore_label, num_classes)
+        model.drop_path_progress.assign(progress)
         with tf.GradientTape() as tape:
-            logits = model(images, training=True, drop_path_progress=progress)
+            logits = model(images, training=True)
             ce = losses_lib.masked_cross_entropy(labels, logits, ignore_label, num_valid,
                                                  num_classes=num_classes)
             # The decay term is the same on every replica and summed with the gradients.

@@ -137,8 +137,14 @@ def test_nan_loss_keeps_the_last_good_checkpoint(tmp_path):
 
 
 def test_mirrored_strategy_runs(data_dir, tmp_path):
-    result, _ = sh.tiny_retrain(tmp_path / "run", data_dir, strategy="mirrored", train_steps=2)
+    result, _ = sh.tiny_retrain(tmp_path / "run", data_dir, strategy="mirrored", train_steps=2,
+                                drop_path_keep_prob=0.8)
     assert result.completed and np.isfinite(result.last_loss)
+    # The model's drop-path progress is the one the last step trained with (1 of 2 steps
+    # done before it), set in the replicated step and checkpointed with the model.
+    reader = tf.train.load_checkpoint(os.path.join(tmp_path / "run", "checkpoints"))
+    names = [k for k in reader.get_variable_to_shape_map() if "drop_path_progress" in k]
+    assert len(names) == 1 and reader.get_tensor(names[0]) == pytest.approx(0.5)
 
 
 def test_bad_flags_name_the_flag_and_create_no_model_dir(tmp_path):
