@@ -45,6 +45,7 @@ from auto_deeplab_tf import architecture as architecture_lib
 from auto_deeplab_tf import checkpointing
 from auto_deeplab_tf import distribute
 from auto_deeplab_tf import losses as losses_lib
+from auto_deeplab_tf import optimizers
 from auto_deeplab_tf import palette as palette_lib
 from auto_deeplab_tf import precision
 from auto_deeplab_tf import progress as progress_lib
@@ -395,10 +396,8 @@ def run_retrain(config: RetrainConfig,
         schedule = keras.optimizers.schedules.PolynomialDecay(
             config.base_learning_rate, decay_steps=config.train_steps,
             end_learning_rate=0.0, power=LEARNING_POWER)
-        if config.optimizer == "adam":
-            optimizer = keras.optimizers.Adam(schedule, name="adam")
-        else:
-            optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum, name="sgd")
+        optimizer = optimizers.weight_optimizer(config.optimizer, schedule, config.momentum,
+                                                name=config.optimizer)
         optimizer = precision.wrap_optimizer(optimizer, config.mixed_precision)
         optimizer.build(model.trainable_variables)
     trainer = _RetrainTrainer(config, model, optimizer, schedule, rt, data)

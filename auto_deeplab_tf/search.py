@@ -40,6 +40,7 @@ from auto_deeplab_tf import decoding
 from auto_deeplab_tf import distribute
 from auto_deeplab_tf import metrics as metrics_lib
 from auto_deeplab_tf import mixed_op
+from auto_deeplab_tf import optimizers
 from auto_deeplab_tf import precision
 from auto_deeplab_tf import progress
 from auto_deeplab_tf import runner
@@ -216,11 +217,9 @@ def build_search_model(config: SearchConfig, num_classes: int, total_steps: int,
     schedule = keras.optimizers.schedules.CosineDecay(
         config.weight_lr, decay_steps=max(1, total_steps),
         alpha=config.weight_lr_min / config.weight_lr)
-    if config.weight_optimizer == "adam":
-        weight_optimizer = keras.optimizers.Adam(schedule, name="weight_adam")
-    else:
-        weight_optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum,
-                                                name="weight_sgd")
+    weight_optimizer = optimizers.weight_optimizer(
+        config.weight_optimizer, schedule, config.momentum,
+        name=f"weight_{config.weight_optimizer}")
     arch_optimizer = keras.optimizers.Adam(config.arch_lr, name="arch_adam")
     # fp16: both under a loss scale of their own (search_model's docstring says why).
     weight_optimizer = precision.wrap_optimizer(weight_optimizer, config.mixed_precision)

@@ -45,10 +45,9 @@ def _child() -> None:
     import numpy as np
     import tensorflow as tf
 
-    import keras
-
     from auto_deeplab_tf import architecture
     from auto_deeplab_tf import distribute
+    from auto_deeplab_tf import optimizers
     from auto_deeplab_tf import retrain as retrain_lib
     from auto_deeplab_tf import trained_model
     from auto_deeplab_tf import search as search_lib
@@ -74,7 +73,7 @@ def _child() -> None:
                 "architecture_spec": architecture.get_architecture("autodeeplab").to_dict(),
                 "num_classes": 19, "filter_multiplier": f, "stem_filters": [2 * f, 2 * f, 4 * f],
                 "aspp_filters": 8 * f, "decoder_filters": 8 * f})
-            optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
+            optimizer = optimizers.MomentumSGD(0.01, momentum=0.9)
             optimizer.build(model.trainable_variables)
         step = retrain_lib.make_train_step(model, optimizer, strategy, 19, 255,
                                            weight_decay=4e-5, train_steps=steps)

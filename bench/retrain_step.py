@@ -31,9 +31,9 @@ _DEVICE = flags.DEFINE_enum("device", "cpu", ["cpu", "gpu"], "Where to run.")
 
 def main(argv):
     del argv
-    import keras
     import tensorflow as tf
 
+    from auto_deeplab_tf import optimizers
     from auto_deeplab_tf import retrain as retrain_lib
     from auto_deeplab_tf import trained_model
     from auto_deeplab_tf.architecture import get_architecture
@@ -47,7 +47,7 @@ def main(argv):
                     "decoder_filters": 256, "drop_path_keep_prob": 1.0}
     with strategy.scope():
         model = trained_model.build_model(model_config)
-        optimizer = keras.optimizers.SGD(0.05, momentum=0.9)
+        optimizer = optimizers.MomentumSGD(0.05, momentum=0.9)
         optimizer.build(model.trainable_variables)
     step = retrain_lib.make_train_step(model, optimizer, strategy, _CLASSES.value, 255,
                                        weight_decay=4e-5, train_steps=1000)
