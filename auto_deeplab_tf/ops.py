@@ -137,6 +137,37 @@ class SyncBatchNormalization(keras.layers.BatchNormalization):
     Not Keras' own `synchronized=True`: that makes three all-reduces per BN with the
     strategy's timeout, i.e. three sleeping threads per BN and step under multi_worker."""
 
+    def call(self, inputs, training=None, mask=None):
+        # Training on one replica: one fused kernel each way (the statistics, the
+        # normalisation and its gradient), where Keras' layer builds ~25 ops forward and
+        # as many backward; BNs were a third of the retraining step's graph.
+        if (not training or not self.trainable or mask is not None or self.renorm
+                or not (self.scale and self.center) or inputs.shape.rank != 4
+                or list(self._reduction_axes) != [0, 1, 2]
+                or cross_replica_context() is not None):
+            return super().call(inputs, training=training, mask=mask)
+        # Statistics and normalisation in float32 under mixed precision, as Keras does.
+        x = tf.cast(inputs, tf.float32)
+        empty = tf.constant([], tf.float32)
+        y, mean, unbiased_variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+            x=x, scale=tf.convert_to_tensor(self.gamma), offset=tf.convert_to_tensor(self.beta),
+            mean=empty, variance=empty, epsilon=self.epsilon, is_training=True)
+        # The kernel's variance output is Bessel-corrected; the moving average takes the
+        # batch's own (biased) variance, as Keras' layer and the synchronised path do.
+        count = 1
+        for d in shape_list(x)[:3]:
+            count *= d
+        if isinstance(count, int):
+            variance = unbiased_variance * (max(count - 1, 1) / count)
+        else:
+            count = tf.cast(count, tf.float32)
+            variance = unbiased_variance * (tf.maximum(count - 1.0, 1.0) / count)
+        self.moving_mean.assign(self.moving_mean * self.momentum
+                                + mean * (1.0 - self.momentum))
+        self.moving_variance.assign(self.moving_variance * self.momentum
+                                    + variance * (1.0 - self.momentum))
+        return tf.cast(y, self.compute_dtype)
+
     def _moments(self, inputs, mask):
         context = cross_replica_context()
         nhwc = list(self._reduction_axes) == [0, 1, 2]

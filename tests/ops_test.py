@@ -53,3 +53,46 @@ def test_op_config_round_trip():
     op = ops.make_op("atrous_conv_5x5", filters=8, stride=2, norm="search")
     clone = type(op).from_config(op.get_config())
     assert clone.get_config() == op.get_config()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
+def test_sync_batch_norm_trains_as_keras_batch_norm_with_one_fused_kernel(dtype):
+    """On one replica the training call is one FusedBatchNormV3 each way; the output, the
+    gradients and the moving statistics (biased batch variance, as Keras') are Keras'."""
+    x = tf.random.stateless_normal((2, 5, 7, 3), seed=(1, 2)) * 3.0 + 1.0
+    ours = ops.SyncBatchNormalization(momentum=0.5, epsilon=1e-3, dtype=dtype)
+    keras_bn = tf.keras.layers.BatchNormalization(momentum=0.5, epsilon=1e-3, dtype=dtype)
+    results = []
+    for layer in (ours, keras_bn):
+        layer.build(x.shape)
+        layer.gamma.assign([0.5, 1.0, 2.0])
+        layer.beta.assign([0.1, -0.2, 0.3])
+        layer.moving_variance.assign([2.0, 2.0, 2.0])
+
+        @tf.function
+        def step(x, layer=layer):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = layer(x, training=True)
+                loss = tf.reduce_sum(tf.cast(y, tf.float32) * tf.range(3, dtype=tf.float32))
+            return y, tape.gradient(loss, [x, layer.gamma, layer.beta])
+
+        y, grads = step(x)
+        ops_used = [op.type for op in step.get_concrete_function(x).graph.get_operations()]
+        results.append((y, grads, layer.moving_mean.numpy(), layer.moving_variance.numpy(),
+                        ops_used))
+    (y1, g1, mean1, var1, ops1), (y2, g2, mean2, var2, ops2) = results
+    assert y1.dtype == y2.dtype
+    tol = 1e-5 if dtype == "float32" else 2e-2
+    np.testing.assert_allclose(tf.cast(y1, tf.float32), tf.cast(y2, tf.float32),
+                               rtol=tol, atol=tol)
+    for a, b in zip(g1, g2):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+    np.testing.assert_allclose(mean1, mean2, rtol=1e-5)
+    np.testing.assert_allclose(var1, var2, rtol=1e-5)
+    # The layer sees x in its compute dtype.
+    seen = tf.cast(tf.cast(x, ours.compute_dtype), tf.float32).numpy()
+    batch_variance = np.var(seen.reshape(-1, 3), axis=0)
+    np.testing.assert_allclose(var1, 0.5 * 2.0 + 0.5 * batch_variance, rtol=1e-5)
+    assert ops1.count("FusedBatchNormV3") == 1 and ops1.count("FusedBatchNormGradV3") == 1
+    assert not {"Mean", "SquaredDifference"} & set(ops1)  # Keras' moments: not built
