@@ -20,6 +20,10 @@ would. Outside a replica context, or with one replica, nothing is exchanged.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from typing import Iterator
+
 import keras
 import tensorflow as tf
 
@@ -54,12 +58,33 @@ def cross_replica_context(multi_worker: bool = True) -> tf.distribute.ReplicaCon
     return context
 
 
+# Per thread: MirroredStrategy traces each replica's step in a thread of its own, and the
+# search model enters the scope below in that thread around its forward and backward pass.
+_SEARCH_BN_SCOPE = threading.local()
+
+
+@contextlib.contextmanager
+def per_replica_search_statistics() -> Iterator[None]:
+    """Within this scope (in the calling thread), the search BNs traced keep each replica's
+    own batch statistics even under several replicas: `SearchModel(sync_bn=False)`, which
+    exists to measure what the synchronisation costs (`bench.search_step --nosync_bn`)."""
+    previous = getattr(_SEARCH_BN_SCOPE, "per_replica", False)
+    _SEARCH_BN_SCOPE.per_replica = True
+    try:
+        yield
+    finally:
+        _SEARCH_BN_SCOPE.per_replica = previous
+
+
 def search_bn_context() -> tf.distribute.ReplicaContext | None:
     """The replica context in which the search supernet's BNs synchronise their statistics:
-    several replicas of one process (MirroredStrategy). Not under MultiWorkerMirroredStrategy:
+    several replicas of one process (MirroredStrategy), outside
+    `per_replica_search_statistics`. Not under MultiWorkerMirroredStrategy:
     there the supernet's few hundred statistics exchanges per step deadlocked 2 CPU workers
     in the first step (while the retrained network's, fewer and outside a bilevel step, run),
     so a multi-worker search keeps per-replica statistics (README, "Several GPUs")."""
+    if getattr(_SEARCH_BN_SCOPE, "per_replica", False):
+        return None
     return cross_replica_context(multi_worker=False)
 
 

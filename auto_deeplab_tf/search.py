@@ -203,15 +203,17 @@ def _check_resume_config(config: SearchConfig, model_dir: str, write: bool = Tru
 
 
 def build_search_model(config: SearchConfig, num_classes: int, total_steps: int,
-                       ignore_label: int = 255) -> SearchModel:
-    """The search model with both optimizers built; call inside the strategy scope."""
+                       ignore_label: int = 255, sync_bn: bool = True) -> SearchModel:
+    """The search model with both optimizers built; call inside the strategy scope.
+    `sync_bn`: as `SearchModel`'s (False only to measure what synchronised BN costs)."""
     model = SearchModel(num_classes=num_classes, filter_multiplier=config.filter_multiplier,
                         num_blocks=config.num_blocks, num_layers=config.num_layers,
                         num_levels=config.num_levels,
                         loop_uniform_layers=config.loop_uniform_layers,
                         recompute_layers=config.recompute_layers,
                         partial_channels=config.partial_channels,
-                        seed=config.seed, ignore_label=ignore_label, name="supernet",
+                        seed=config.seed, ignore_label=ignore_label, sync_bn=sync_bn,
+                        name="supernet",
                         dtype=precision.dtype_policy(config.mixed_precision))
     model.build((None, None, None, 3))
     schedule = keras.optimizers.schedules.CosineDecay(

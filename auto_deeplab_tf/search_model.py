@@ -42,11 +42,18 @@ class SearchModel(AutoDeepLabSupernet):
     Call `configure_search` inside the strategy scope before training: it builds both
     optimizers on their own variables (Keras 3 would otherwise build the second one
     lazily inside the traced step, which fails under MirroredStrategy).
+
+    Args (beyond the supernet's):
+      ignore_label: the label value the loss and the metrics skip.
+      sync_bn: under several replicas of one process, the search BNs take the global
+        batch's statistics (the single-device step). False keeps each replica's own, which
+        is not the paper's step: it exists to measure what the synchronisation costs.
     """
 
-    def __init__(self, *args, ignore_label: int = 255, **kwargs):
+    def __init__(self, *args, ignore_label: int = 255, sync_bn: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         self.ignore_label = int(ignore_label)
+        self.sync_bn = bool(sync_bn)
         # Both halves of the bilevel step run this one traced forward+backward function.
         # Kept as a call (not inlined), the supernet's graph exists once instead of twice,
         # which halves tracing time and graph memory; the price is that the trainB pass
@@ -90,6 +97,12 @@ class SearchModel(AutoDeepLabSupernet):
     def _descend(self, images, labels, variables, optimizer, decay):
         """One optimizer step on (images, labels); returns (the loss of the global batch,
         this replica's logits)."""
+        if self.sync_bn:
+            return self._descend_in_scope(images, labels, variables, optimizer, decay)
+        with ops.per_replica_search_statistics():
+            return self._descend_in_scope(images, labels, variables, optimizer, decay)
+
+    def _descend_in_scope(self, images, labels, variables, optimizer, decay):
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         # All-reduced here, outside any nested function: TF's all-reduce in a replica
         # context (a merge_call) cannot run inside one, nor inside a loop.

@@ -93,8 +93,6 @@ def build_benchmark_step(num_batches: int) -> BenchmarkStep:
 
     from auto_deeplab_tf import search as search_lib
 
-    from auto_deeplab_tf import ops
-
     if _BATCH.value % _REPLICAS.value:
         raise app.UsageError(f"--batch_size={_BATCH.value} does not split among "
                              f"--replicas={_REPLICAS.value}")
@@ -116,10 +114,6 @@ def build_benchmark_step(num_batches: int) -> BenchmarkStep:
             [f"/{kind}:{i}" for i in range(_REPLICAS.value)])
     else:
         strategy = tf.distribute.OneDeviceStrategy(f"/{kind}:0")
-    if not _SYNC_BN.value:
-        # Benchmark only: every search BN then sees no replica context and keeps its
-        # replica's statistics (the loss is still normalised over the global batch).
-        ops.search_bn_context = lambda: None
     config = search_lib.SearchConfig(model_dir="/unused", filter_multiplier=_F.value,
                                      num_layers=_L.value, num_blocks=_B.value,
                                      batch_size=_BATCH.value, crop_size=_CROP.value,
@@ -128,7 +122,10 @@ def build_benchmark_step(num_batches: int) -> BenchmarkStep:
                                      recompute_layers=_RECOMPUTE.value,
                                      partial_channels=_PARTIAL.value)
     with strategy.scope():
-        model = search_lib.build_search_model(config, _CLASSES.value, total_steps=1000)
+        # --nosync_bn: each replica's own BN statistics (the loss is still normalised
+        # over the global batch).
+        model = search_lib.build_search_model(config, _CLASSES.value, total_steps=1000,
+                                              sync_bn=_SYNC_BN.value)
     step = search_lib.make_step_function(model, strategy, update_arch=True,
                                          jit_compile=_JIT.value)
     rng = np.random.default_rng(0)

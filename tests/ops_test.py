@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from auto_deeplab_tf import distribute
 from auto_deeplab_tf import ops
 from auto_deeplab_tf import search_space as ss
 
@@ -96,3 +97,31 @@ def test_sync_batch_norm_trains_as_keras_batch_norm_with_one_fused_kernel(dtype)
     np.testing.assert_allclose(var1, 0.5 * 2.0 + 0.5 * batch_variance, rtol=1e-5)
     assert ops1.count("FusedBatchNormV3") == 1 and ops1.count("FusedBatchNormGradV3") == 1
     assert not {"Mean", "SquaredDifference"} & set(ops1)  # Keras' moments: not built
+
+
+def test_search_bn_statistics_are_global_unless_the_scope_keeps_them_per_replica():
+    """Under 2 replicas the search BN normalises with the global batch's statistics;
+    inside `per_replica_search_statistics` (SearchModel(sync_bn=False)) with its own."""
+    strategy = distribute.make_strategy("mirrored")
+    parts = [np.array([0.0, 1.0, 1.0, 2.0], np.float32).reshape(1, 2, 2, 1),
+             np.array([3.0, 5.0, 5.0, 7.0], np.float32).reshape(1, 2, 2, 1)]
+    values = strategy.experimental_distribute_values_from_function(
+        lambda context: tf.constant(parts[context.replica_id_in_sync_group]))
+
+    def normalised(per_replica):
+        def replica(x):
+            if per_replica:
+                with ops.per_replica_search_statistics():
+                    return ops.group_batch_norm(x)
+            return ops.group_batch_norm(x)
+        out = tf.function(lambda v: strategy.run(replica, args=(v,)))(values)
+        return [t.numpy() for t in strategy.experimental_local_results(out)]
+
+    def bn(x, of):
+        return (x - of.mean()) / np.sqrt(of.var() + ops.SEARCH_BN_EPSILON)
+
+    both = np.concatenate(parts)
+    np.testing.assert_allclose(np.concatenate(normalised(False)), bn(both, both), atol=1e-5)
+    for got, x in zip(normalised(True), parts):
+        np.testing.assert_allclose(got, bn(x, x), atol=1e-5)
+    assert ops.search_bn_context() is None  # outside any replica context

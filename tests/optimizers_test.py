@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from auto_deeplab_tf import distribute
 from auto_deeplab_tf import optimizers
 
 
@@ -36,7 +37,7 @@ def _train(make_optimizer, strategy, steps=3):
 def test_momentum_sgd_makes_keras_sgd_updates_with_one_op_per_weight(strategy):
     def make_strategy():
         if strategy == "mirrored":
-            return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+            return distribute.make_strategy("mirrored")
         return tf.distribute.get_strategy()
 
     schedule = tf.keras.optimizers.schedules.PolynomialDecay(0.1, 10, 0.0, power=0.9)
