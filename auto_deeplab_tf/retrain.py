@@ -56,7 +56,7 @@ from auto_deeplab_tf.fixed_network import MODEL_SIZES
 
 # sgd: the paper's (with --momentum). adam: for short runs such as the demo, where SGD stays
 # on the background-only plateau for thousands of steps.
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = optimizers.WEIGHT_OPTIMIZERS
 LEARNING_POWER = 0.9
 
 # Settings that must not change when a run resumes: they define the model, the data order or

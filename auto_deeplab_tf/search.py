@@ -72,7 +72,7 @@ _VERSION_KEY = "search_version"
 
 # The paper's SGD, or Adam: on small data SGD at the paper's rate can sit on the
 # background-only plateau for longer than a short search lasts (README, "The demo search").
-WEIGHT_OPTIMIZERS = ("sgd", "adam")
+WEIGHT_OPTIMIZERS = optimizers.WEIGHT_OPTIMIZERS
 
 
 class SearchDiverged(runner.Diverged):
