@@ -3,6 +3,7 @@
 import json
 import os
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -233,6 +234,9 @@ def _one_device_and_mirrored(config, data_fn, steps):
     assert len(tf.config.list_logical_devices("CPU")) >= 2, "conftest sets 2 logical CPUs"
     results = {}
     initial = None
+    # The initial weights come from Keras' global generator: seeded here, as run_search
+    # seeds it, so that they do not depend on what other tests in this process drew.
+    keras.utils.set_random_seed(config.seed)
     for name in ("one_device", "mirrored"):
         strategy = distribute.make_strategy(name)
         assert strategy.num_replicas_in_sync == (1 if name == "one_device" else 2)
