@@ -11,7 +11,7 @@
 #   search_mixed  the same in mixed precision (--mixed_precision=fp16; bf16 with --smoke)
 #   retrain       retraining throughput (images/s) of Auto-DeepLab-S at 769x769
 # and projected_search: the paper's 40-epoch search time from the fp32 step.
-# --smoke runs on the CPU at tiny sizes (crop 33, F=2, L=4, B=1, 2 steps), for the test.
+# --smoke runs on the CPU at tiny sizes (crop 33, F=2, L=2, B=1, 2 steps), for the test.
 # PYTHON (default: python) and GPU_CHECK_TIMEOUT_S (per part; default 1800, smoke 600).
 set -u
 if [ $# -lt 1 ] || [ $# -gt 2 ] || { [ $# -eq 2 ] && [ "$2" != "--smoke" ]; }; then
@@ -29,7 +29,7 @@ if [ "$SMOKE" = "--smoke" ]; then
   LIMIT=${GPU_CHECK_TIMEOUT_S:-600}
   DEVICE=cpu
   MIXED=bf16
-  SEARCH_SIZES="--filter_multiplier=2 --num_layers=4 --num_blocks=1 --num_classes=3 --batch_size=2 --crop_size=33 --steps=2"
+  SEARCH_SIZES="--filter_multiplier=2 --num_layers=2 --num_blocks=1 --num_classes=3 --batch_size=2 --crop_size=33 --steps=2"
   RETRAIN_SIZES="--filter_multiplier=2 --num_classes=3 --batch_size=2 --crop_size=33 --steps=2"
 else
   LIMIT=${GPU_CHECK_TIMEOUT_S:-1800}

@@ -45,7 +45,7 @@ def test_profile_at_a_tiny_config(tmp_path):
     out = tmp_path / "profile.json"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
     result = subprocess.run(
-        [sys.executable, "-m", "bench.profile_step", "--filter_multiplier=2", "--num_layers=4",
+        [sys.executable, "-m", "bench.profile_step", "--filter_multiplier=2", "--num_layers=2",
          "--crop_size=32", "--steps=1", f"--output={out}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
