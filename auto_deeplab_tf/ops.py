@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import weakref
 from typing import Iterator
 
 import keras
@@ -88,13 +89,100 @@ def search_bn_context() -> tf.distribute.ReplicaContext | None:
     return cross_replica_context(multi_worker=False)
 
 
+class _LocalCollectives:
+    """The keys of the statistics exchanges between the replicas of one process
+    (MirroredStrategy), which run as collective ops of each replica's own graph.
+
+    Not `ReplicaContext.all_gather`/`all_reduce`: each of those is a merge_call, which
+    stops every replica's tracing thread and builds the exchange from the main thread,
+    and with one per BN (a few hundred in the supernet) that made most of a replicated
+    step's build (README, "What the search's synchronised BN costs").
+
+    Every replica traces the same BNs in the same order into the same function graph, so
+    the k-th exchange of a graph gets the same instance key on every replica, whichever
+    thread asks first; keys are never reused, so no two exchanges meet by mistake, even
+    after a trace that failed half-way."""
+
+    # Far above the group keys TF's own strategies hand out (from 1 up).
+    _FIRST_GROUP_KEY = 1 << 24
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._groups: dict[tuple, int] = {}
+        self._tokens: dict[str, tf.Tensor] = {}
+        self._next_instance_key = 1
+        # graph -> ({replica: exchanges traced so far}, {k: instance key of the k-th})
+        self._graphs = weakref.WeakKeyDictionary()
+
+    def op_args(self, devices: tuple, replica: int) -> dict:
+        """group_size, group_key, instance_key and ordering_token of the next exchange
+        that `replica` traces."""
+        graph = tf.compat.v1.get_default_graph()
+        # Branches of a cond or loop are graphs of their own, one per replica.
+        while getattr(graph, "is_control_flow_graph", False):
+            graph = graph.outer_graph
+        with self._lock:
+            group_key = self._groups.setdefault(devices,
+                                                self._FIRST_GROUP_KEY + len(self._groups))
+            counts, keys = self._graphs.setdefault(graph, ({}, {}))
+            k = counts.get(replica, 0)
+            counts[replica] = k + 1
+            if k not in keys:
+                keys[k] = self._next_instance_key
+                self._next_instance_key += 1
+            return dict(group_size=len(devices), group_key=group_key, instance_key=keys[k],
+                        ordering_token=[self._ordering_token(devices[replica])])
+
+    def _ordering_token(self, device: str) -> tf.Tensor:
+        # A resource on the device that orders its exchanges, and only those: without one,
+        # automatic control dependencies run every collective of the function in program
+        # order, and the first replica's then wait for ever for the second's.
+        if device not in self._tokens:
+            with tf.init_scope(), tf.device(device):
+                self._tokens[device] = tf.raw_ops.VarHandleOp(
+                    dtype=tf.float32, shape=[],
+                    shared_name=f"auto_deeplab_statistics_order_{len(self._tokens)}")
+        return self._tokens[device]
+
+
+_LOCAL_COLLECTIVES = _LocalCollectives()
+
+
+def _local_collective_args(context: tf.distribute.ReplicaContext) -> dict | None:
+    """The arguments of a collective op for the next exchange of this replica when the
+    replicas are devices of one process, else None (MultiWorkerMirroredStrategy, whose
+    exchanges go through the strategy)."""
+    if isinstance(context.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return None
+    replica = tf.get_static_value(context.replica_id_in_sync_group)
+    if replica is None:
+        return None
+    args = _LOCAL_COLLECTIVES.op_args(tuple(context.strategy.extended.worker_devices),
+                                      int(replica))
+    return dict(args, communication_hint="auto",
+                timeout_seconds=_STATISTICS_OPTIONS.timeout_seconds or 0.0)
+
+
 def _merge_sum(x, context: tf.distribute.ReplicaContext):
     """The untimed all-reduce sum of x over the replicas, with no gradient of its own."""
+    args = _local_collective_args(context)
+    if args is not None:
+        return tf.raw_ops.CollectiveReduceV2(input=x, merge_op="Add", final_op="Id", **args)
+
     def batch_sum(strategy, value):
         return strategy.extended.batch_reduce_to(
             tf.distribute.ReduceOp.SUM, [(value, value)], options=_STATISTICS_OPTIONS)[0]
 
     return context.merge_call(batch_sum, args=(x,))
+
+
+def _all_gather(x, context: tf.distribute.ReplicaContext):
+    """[num_replicas, *x.shape]: x of every replica, in replica order (collective ops
+    gather in the order of the group's devices, which is the strategy's)."""
+    args = _local_collective_args(context)
+    if args is None:
+        return context.all_gather(x[None], axis=0, options=_STATISTICS_OPTIONS)
+    return tf.raw_ops.CollectiveGatherV2(input=x[None], **args)
 
 
 def cross_replica_gather(x, context: tf.distribute.ReplicaContext):
@@ -112,8 +200,7 @@ def cross_replica_gather(x, context: tf.distribute.ReplicaContext):
         def grad(dy):
             return tf.gather(_merge_sum(dy, context), context.replica_id_in_sync_group)
 
-        gathered = context.all_gather(tf.stop_gradient(value)[None], axis=0,
-                                      options=_STATISTICS_OPTIONS)
+        gathered = _all_gather(tf.stop_gradient(value), context)
         return tf.stop_gradient(gathered), grad
 
     return gather(x)

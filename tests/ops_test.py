@@ -125,3 +125,37 @@ def test_search_bn_statistics_are_global_unless_the_scope_keeps_them_per_replica
     for got, x in zip(normalised(True), parts):
         np.testing.assert_allclose(got, bn(x, x), atol=1e-5)
     assert ops.search_bn_context() is None  # outside any replica context
+
+
+def test_replicas_of_one_process_exchange_statistics_without_merge_call(monkeypatch):
+    """Under MirroredStrategy the search BN's statistics and their gradient travel as
+    collective ops of each replica's graph, not through merge_call (one per BN made most
+    of a replicated step's build); values and input gradients are the single-device ones
+    on the concatenated batch, with different images per replica."""
+    strategy = distribute.make_strategy("mirrored")
+    rng = np.random.default_rng(0)
+    xs = [rng.normal(size=(1, 3, 3, 2)).astype(np.float32) * (i + 1) + i for i in range(2)]
+    ws = [rng.normal(size=(1, 3, 3, 2)).astype(np.float32) for _ in range(2)]
+    values = strategy.experimental_distribute_values_from_function(
+        lambda context: (tf.constant(xs[context.replica_id_in_sync_group]),
+                         tf.constant(ws[context.replica_id_in_sync_group])))
+
+    def normalised_and_gradient(x, w):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = ops.group_batch_norm(x)
+            loss = tf.reduce_sum(y * w)
+        return y, tape.gradient(loss, x)
+
+    def no_merge_call(*args, **kwargs):
+        raise AssertionError("merge_call")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(tf.distribute.ReplicaContext, "merge_call", no_merge_call)
+        out = tf.function(lambda v: strategy.run(normalised_and_gradient, args=v))(values)
+    y, dx = (np.concatenate([t.numpy() for t in strategy.experimental_local_results(o)])
+             for o in out)
+    want_y, want_dx = normalised_and_gradient(tf.constant(np.concatenate(xs)),
+                                              tf.constant(np.concatenate(ws)))
+    np.testing.assert_allclose(y, want_y, atol=1e-5)
+    np.testing.assert_allclose(dx, want_dx, atol=1e-5)
