@@ -273,8 +273,9 @@ class AutoDeepLabSupernet(keras.Model):
             states = ([outputs[first - 2][i] for i in levels],
                       [outputs[first - 1][i] for i in levels])
             # Layer l's transitions are weighted by beta row l - 1. With several replicas
-            # the BNs all-reduce their statistics, which TF (merge_call) cannot do inside
-            # a loop body: the layers then run unrolled, on the same stacked weights.
+            # the BNs exchange their statistics, each exchange a collective with a key of
+            # its own (`ops`), which one loop body traced once cannot give every
+            # iteration: the layers then run unrolled, on the same stacked weights.
             last = self.uniform(states, beta_weights=beta_w[first - 1:], mixing=mixing,
                                 unroll=ops.search_bn_context() is not None)
             outputs[self.num_layers] = dict(enumerate(last))
