@@ -95,8 +95,9 @@ class _LocalCollectives:
 
     Not `ReplicaContext.all_gather`/`all_reduce`: each of those is a merge_call, which
     stops every replica's tracing thread and builds the exchange from the main thread,
-    and with one per BN (a few hundred in the supernet) that made most of a replicated
-    step's build (README, "What the search's synchronised BN costs").
+    once per BN (a few hundred in the supernet); what the change measured, faster at one
+    configuration and slower at another, is in the README ("The statistics exchanges as
+    collective ops").
 
     Every replica traces the same BNs in the same order into the same function graph, so
     the k-th exchange of a graph gets the same instance key on every replica, whichever
@@ -163,7 +164,7 @@ def _local_collective_args(context: tf.distribute.ReplicaContext) -> dict | None
                 timeout_seconds=_STATISTICS_OPTIONS.timeout_seconds or 0.0)
 
 
-def _merge_sum(x, context: tf.distribute.ReplicaContext):
+def _all_reduce_sum(x, context: tf.distribute.ReplicaContext):
     """The untimed all-reduce sum of x over the replicas, with no gradient of its own."""
     args = _local_collective_args(context)
     if args is not None:
@@ -180,9 +181,9 @@ def _all_gather(x, context: tf.distribute.ReplicaContext):
     """[num_replicas, *x.shape]: x of every replica, in replica order (collective ops
     gather in the order of the group's devices, which is the strategy's)."""
     args = _local_collective_args(context)
-    if args is None:
-        return context.all_gather(x[None], axis=0, options=_STATISTICS_OPTIONS)
-    return tf.raw_ops.CollectiveGatherV2(input=x[None], **args)
+    if args is not None:
+        return tf.raw_ops.CollectiveGatherV2(input=x[None], **args)
+    return context.all_gather(x[None], axis=0, options=_STATISTICS_OPTIONS)
 
 
 def cross_replica_gather(x, context: tf.distribute.ReplicaContext):
@@ -198,7 +199,7 @@ def cross_replica_gather(x, context: tf.distribute.ReplicaContext):
     @tf.custom_gradient
     def gather(value):
         def grad(dy):
-            return tf.gather(_merge_sum(dy, context), context.replica_id_in_sync_group)
+            return tf.gather(_all_reduce_sum(dy, context), context.replica_id_in_sync_group)
 
         gathered = _all_gather(tf.stop_gradient(value), context)
         return tf.stop_gradient(gathered), grad

@@ -129,9 +129,9 @@ def test_search_bn_statistics_are_global_unless_the_scope_keeps_them_per_replica
 
 def test_replicas_of_one_process_exchange_statistics_without_merge_call(monkeypatch):
     """Under MirroredStrategy the search BN's statistics and their gradient travel as
-    collective ops of each replica's graph, not through merge_call (one per BN made most
-    of a replicated step's build); values and input gradients are the single-device ones
-    on the concatenated batch, with different images per replica."""
+    collective ops of each replica's graph, not through merge_call (which stops every
+    replica's tracing thread, once per BN); values and input gradients are the
+    single-device ones on the concatenated batch, with different images per replica."""
     strategy = distribute.make_strategy("mirrored")
     rng = np.random.default_rng(0)
     xs = [rng.normal(size=(1, 3, 3, 2)).astype(np.float32) * (i + 1) + i for i in range(2)]
